@@ -1,0 +1,319 @@
+//! Layered configuration: built-in defaults (`default.toml`) → `./riffle.toml`
+//! → `--config` files → environment `RIFFLE__SECTION__KEY` → explicit
+//! overrides from command-line flags. Unknown keys are errors everywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, also the reference for docs/configuration.md.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub ingest: IngestConfig,
+    pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub http_addr: String,
+    pub grpc_addr: String,
+    pub shutdown_grace_ms: u64,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Group,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub fsync: FsyncPolicy,
+    pub group_commit_interval_ms: u64,
+    pub group_commit_max_bytes: u64,
+    pub segment_bytes: u64,
+    pub index_interval_bytes: u64,
+    pub retention_check_interval_ms: u64,
+    pub default_partitions: u32,
+    pub default_retention_ms: i64,
+    pub default_retention_bytes: i64,
+    pub max_read_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_body_bytes: usize,
+    pub max_event_bytes: usize,
+    pub max_events_per_request: usize,
+    pub max_future_skew_ms: i64,
+    pub max_inflight_bytes: usize,
+    pub retry_after_secs: u64,
+    pub topic_partitions: u32,
+    /// event type → topic. Every event type must have a route.
+    pub routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Empty: `riffle serve` generates one into `<data_dir>/admin.token`.
+    pub admin_token: String,
+    /// Empty: ingest is open.
+    pub ingest_tokens: Vec<String>,
+    /// Empty: reads are open.
+    pub read_tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+}
+
+/// Where the layers come from. `cwd_file` is `./riffle.toml` unless a test
+/// points it elsewhere; `env` is the process environment unless replaced.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSources {
+    pub cwd_file: Option<PathBuf>,
+    pub files: Vec<PathBuf>,
+    /// Dotted-key overrides from flags, e.g. `("server.http_addr", "…")`.
+    pub overrides: Vec<(String, toml_value::Value)>,
+    pub use_env: bool,
+}
+
+/// Re-exported so callers can build overrides without depending on figment.
+pub mod toml_value {
+    pub use figment::value::Value;
+}
+
+impl Config {
+    pub fn defaults() -> Config {
+        Config::load(&ConfigSources::default()).expect("built-in defaults parse")
+    }
+
+    pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = &sources.cwd_file {
+            if path.exists() {
+                figment = figment.merge(Toml::file_exact(path));
+            }
+        }
+        for path in &sources.files {
+            if !path.exists() {
+                return Err(ConfigError::new(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if sources.use_env {
+            figment = figment.merge(Env::prefixed("RIFFLE__").split("__").lowercase(true));
+        }
+        for (key, value) in &sources.overrides {
+            figment = figment.merge(Serialized::default(key, value.clone()));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::new(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let log = &self.log;
+        if log.segment_bytes < 4096 {
+            return Err(ConfigError::new(format!(
+                "log.segment_bytes: {} is below the minimum 4096",
+                log.segment_bytes
+            )));
+        }
+        if log.default_partitions == 0 {
+            return Err(ConfigError::new(
+                "log.default_partitions: must be at least 1",
+            ));
+        }
+        if self.ingest.topic_partitions == 0 {
+            return Err(ConfigError::new(
+                "ingest.topic_partitions: must be at least 1",
+            ));
+        }
+        for (event_type, topic) in &self.ingest.routes {
+            if crate::event::EventType::parse(event_type).is_none() {
+                return Err(ConfigError::new(format!(
+                    "ingest.routes: unknown event type \"{event_type}\""
+                )));
+            }
+            if let Err(reason) = validate_topic_name(topic) {
+                return Err(ConfigError::new(format!(
+                    "ingest.routes.{event_type}: {reason}"
+                )));
+            }
+        }
+        for event_type in crate::event::EventType::ALL {
+            if !self.ingest.routes.contains_key(event_type.as_str()) {
+                return Err(ConfigError::new(format!(
+                    "ingest.routes: no route for event type \"{}\"",
+                    event_type.as_str()
+                )));
+            }
+        }
+        if self.server.tls.enabled
+            && (self.server.tls.cert_path.as_os_str().is_empty()
+                || self.server.tls.key_path.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new(
+                "server.tls: cert_path and key_path are required when enabled",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.server.data_dir.join("admin.token")
+    }
+}
+
+/// Topic names: 1–200 bytes of `[A-Za-z0-9._-]`, not `.` or `..` (they are
+/// directory names on disk and path segments in the HTTP API).
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 200 {
+        return Err(format!("topic name \"{name}\" must be 1 to 200 characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name \"{name}\" is reserved"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name \"{name}\" has invalid character {bad:?} (allowed: A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves a path relative to the data directory unless already absolute.
+pub fn in_data_dir(data_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        data_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_route_every_type() {
+        let config = Config::defaults();
+        assert_eq!(config.server.http_addr, "127.0.0.1:8080");
+        assert_eq!(config.ingest.routes["ad_click"], "ad_clicks");
+        assert_eq!(config.log.fsync, FsyncPolicy::Group);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("riffle-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[log]\nsegmnet_bytes = 5\n").unwrap();
+        let err = Config::load(&ConfigSources {
+            files: vec![file],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("segmnet_bytes"), "{err}");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("riffle-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cwd = dir.join("riffle.toml");
+        std::fs::write(
+            &cwd,
+            "[log]\ndefault_partitions = 7\nsegment_bytes = 8192\n",
+        )
+        .unwrap();
+        let extra = dir.join("extra.toml");
+        std::fs::write(&extra, "[log]\ndefault_partitions = 9\n").unwrap();
+        let config = Config::load(&ConfigSources {
+            cwd_file: Some(cwd),
+            files: vec![extra],
+            overrides: vec![("server.http_addr".into(), "127.0.0.1:9999".into())],
+            use_env: false,
+        })
+        .unwrap();
+        assert_eq!(config.log.default_partitions, 9);
+        assert_eq!(config.log.segment_bytes, 8192);
+        assert_eq!(config.server.http_addr, "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("riffle-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("r.toml");
+        std::fs::write(&file, "[ingest.routes]\nad_klick = \"x\"\n").unwrap();
+        let err = Config::load(&ConfigSources {
+            files: vec![file],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("ad_klick"), "{err}");
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(validate_topic_name("ad_clicks").is_ok());
+        assert!(validate_topic_name("a/b").unwrap_err().contains("'/'"));
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("").is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! Group commit: one thread fsyncs every partition written since its last
+//! round and wakes all writers waiting on them, so many concurrent appends
+//! share one fsync. A round starts when the oldest pending write is
+//! `interval` old or `max_bytes` are pending, whichever comes first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tracing::error;
+
+use super::partition::Partition;
+
+struct State {
+    dirty: Vec<Arc<Partition>>,
+    pending_bytes: u64,
+    first_dirty_at: Option<Instant>,
+    shutdown: bool,
+}
+
+pub(crate) struct Flusher {
+    state: Mutex<State>,
+    cv: Condvar,
+    interval: Duration,
+    max_bytes: u64,
+}
+
+impl Flusher {
+    pub fn new(interval: Duration, max_bytes: u64) -> Arc<Flusher> {
+        Arc::new(Flusher {
+            state: Mutex::new(State {
+                dirty: Vec::new(),
+                pending_bytes: 0,
+                first_dirty_at: None,
+                shutdown: false,
+            }),
+            cv: Condvar::new(),
+            interval,
+            max_bytes,
+        })
+    }
+
+    pub fn spawn(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let flusher = self.clone();
+        std::thread::Builder::new()
+            .name("riffle-log-flush".into())
+            .spawn(move || flusher.run())
+            .expect("spawn flusher thread")
+    }
+
+    pub fn mark_dirty(&self, partition: &Arc<Partition>, bytes: u64) {
+        let mut state = self.state.lock();
+        if !partition.dirty.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            state.dirty.push(partition.clone());
+        }
+        state.pending_bytes += bytes;
+        let wake = state.first_dirty_at.is_none() || state.pending_bytes >= self.max_bytes;
+        if state.first_dirty_at.is_none() {
+            state.first_dirty_at = Some(Instant::now());
+        }
+        drop(state);
+        if wake {
+            self.cv.notify_one();
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.cv.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            let dirty = {
+                let mut state = self.state.lock();
+                while state.dirty.is_empty() && !state.shutdown {
+                    self.cv.wait(&mut state);
+                }
+                if state.dirty.is_empty() && state.shutdown {
+                    return;
+                }
+                while !state.shutdown && state.pending_bytes < self.max_bytes {
+                    let started = state.first_dirty_at.unwrap_or_else(Instant::now);
+                    let deadline = started + self.interval;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    self.cv.wait_until(&mut state, deadline);
+                }
+                state.pending_bytes = 0;
+                state.first_dirty_at = None;
+                std::mem::take(&mut state.dirty)
+            };
+            for partition in dirty {
+                partition.dirty.store(false, std::sync::atomic::Ordering::Release);
+                if let Err(e) = partition.flush() {
+                    // Waiters stay blocked rather than being told their data is
+                    // durable; the error is loud and the next round retries.
+                    error!(topic = %partition.topic, partition = partition.id, error = %e, "fsync failed");
+                    self.mark_dirty(&partition, 0);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Transactions of the embedded log: a redo journal makes "append these
+//! batches and commit these offsets" atomic across partitions and groups.
+//!
+//! Journal file (`txn.journal`), empty when no transaction is in flight:
+//!
+//! ```text
+//! magic "RTXN" | body_len u32 | crc32c(body) u32 | body
+//! body := seq u64 | batches u32 | batch* | offsets u32 | offset*
+//! batch := topic_len u16 topic | partition u32 | base_offset u64 | count u32
+//!          | min_ts i64 | max_ts i64 | records_len u32 | records
+//! offset := group_len u16 group | topic_len u16 topic | partition u32 | offset u64
+//! ```
+//!
+//! Commit: lock the involved partitions' writers in a fixed order, fsync
+//! them (so their end offsets are durable), record each batch's base offset,
+//! write and fsync the journal (the commit point), append the batches and
+//! fsync, write the group offsets, truncate the journal.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tracing::{info, warn};
+
+use super::Inner;
+use crate::bus::{Offset, TopicPartition, Transaction};
+use crate::error::{BusError, Result};
+use crate::format::{RecordBatch, ATTR_TRANSACTIONAL};
+use crate::metrics;
+
+const MAGIC: &[u8; 4] = b"RTXN";
+
+pub(crate) struct Journal {
+    path: PathBuf,
+    file: File,
+    next_seq: u64,
+}
+
+struct Entry {
+    seq: u64,
+    batches: Vec<(String, u32, u64, RecordBatch)>,
+    offsets: Vec<(String, TopicPartition, u64)>,
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| BusError::io(path, e))?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            file,
+            next_seq: 1,
+        })
+    }
+
+    fn write(&mut self, entry: &Entry) -> Result<()> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&entry.seq.to_le_bytes());
+        body.extend_from_slice(&(entry.batches.len() as u32).to_le_bytes());
+        for (topic, partition, base, batch) in &entry.batches {
+            put_str(&mut body, topic);
+            body.extend_from_slice(&partition.to_le_bytes());
+            body.extend_from_slice(&base.to_le_bytes());
+            body.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+            body.extend_from_slice(&batch.min_timestamp().to_le_bytes());
+            body.extend_from_slice(&batch.max_timestamp().to_le_bytes());
+            body.extend_from_slice(&(batch.byte_len() as u32).to_le_bytes());
+            body.extend_from_slice(batch.records_bytes());
+        }
+        body.extend_from_slice(&(entry.offsets.len() as u32).to_le_bytes());
+        for (group, tp, offset) in &entry.offsets {
+            put_str(&mut body, group);
+            put_str(&mut body, &tp.topic);
+            body.extend_from_slice(&tp.partition.to_le_bytes());
+            body.extend_from_slice(&offset.to_le_bytes());
+        }
+        let mut out = Vec::with_capacity(body.len() + 12);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        self.file
+            .set_len(0)
+            .and_then(|_| {
+                use std::os::unix::fs::FileExt;
+                self.file.write_all_at(&out, 0)
+            })
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| BusError::io(&self.path, e))
+    }
+
+    fn clear(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| BusError::io(&self.path, e))
+    }
+
+    /// The entry in the journal, if a whole valid one is there. A torn or
+    /// corrupt journal means the commit point was never reached.
+    fn read(&mut self) -> Result<Option<Entry>> {
+        let bytes = std::fs::read(&self.path).map_err(|e| BusError::io(&self.path, e))?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let parsed = parse_entry(&bytes);
+        if parsed.is_none() {
+            warn!(path = %self.path.display(), bytes = bytes.len(), "discarding incomplete transaction journal (commit point not reached)");
+        }
+        Ok(parsed)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn parse_entry(bytes: &[u8]) -> Option<Entry> {
+    if bytes.len() < 12 || &bytes[0..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes(bytes[4..8].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
+    let body = bytes.get(12..12 + len)?;
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    let mut r = Reader { data: body, pos: 0 };
+    let seq = r.u64()?;
+    let n = r.u32()?;
+    let mut batches = Vec::new();
+    for _ in 0..n {
+        let topic = r.string()?;
+        let partition = r.u32()?;
+        let base = r.u64()?;
+        let count = r.u32()?;
+        let min_ts = r.u64()? as i64;
+        let max_ts = r.u64()? as i64;
+        let records_len = r.u32()? as usize;
+        let records = r.take(records_len)?.to_vec();
+        batches.push((topic, partition, base, RecordBatch::from_parts(records, count, min_ts, max_ts)));
+    }
+    let n = r.u32()?;
+    let mut offsets = Vec::new();
+    for _ in 0..n {
+        let group = r.string()?;
+        let topic = r.string()?;
+        let partition = r.u32()?;
+        let offset = r.u64()?;
+        offsets.push((group, TopicPartition::new(topic, partition), offset));
+    }
+    Some(Entry { seq, batches, offsets })
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let slice = self.data.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(slice)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+/// Applies the batches and offsets of a committed entry, skipping what was
+/// already applied before a crash.
+fn apply(inner: &Inner, entry: &Entry) -> Result<Vec<Offset>> {
+    let mut bases = Vec::with_capacity(entry.batches.len());
+    let mut touched = Vec::new();
+    for (topic, partition, base, batch) in &entry.batches {
+        let p = inner.partition(topic, *partition)?;
+        let end = p.written_end_offset();
+        if end == *base {
+            p.append(batch, ATTR_TRANSACTIONAL, entry.seq, false)?;
+            touched.push(p);
+        } else if end < *base {
+            return Err(BusError::Corrupt {
+                path: inner.root.join("txn.journal"),
+                position: 0,
+                reason: format!(
+                    "transaction {} expects {topic}/{partition} to end at {base}, it ends at {end}",
+                    entry.seq
+                ),
+            });
+        }
+        bases.push(*base);
+    }
+    for p in touched {
+        p.flush()?;
+    }
+    let mut by_group: BTreeMap<&str, Vec<(TopicPartition, u64)>> = BTreeMap::new();
+    for (group, tp, offset) in &entry.offsets {
+        by_group.entry(group).or_default().push((tp.clone(), *offset));
+    }
+    for (group, offsets) in by_group {
+        inner.groups.commit(group, &offsets)?;
+    }
+    Ok(bases)
+}
+
+/// Re-applies a transaction that reached its commit point before a crash.
+pub(crate) fn recover(inner: &Inner, journal: &mut Journal) -> Result<()> {
+    if let Some(entry) = journal.read()? {
+        info!(seq = entry.seq, batches = entry.batches.len(), offsets = entry.offsets.len(), "re-applying committed transaction from journal");
+        apply(inner, &entry)?;
+        journal.next_seq = entry.seq + 1;
+    }
+    journal.clear()
+}
+
+pub(crate) struct EmbeddedTransaction {
+    inner: Arc<Inner>,
+    id: String,
+    batches: Vec<(String, u32, RecordBatch)>,
+    offsets: Vec<(String, TopicPartition, u64)>,
+}
+
+impl EmbeddedTransaction {
+    pub fn new(inner: Arc<Inner>, id: &str) -> Self {
+        EmbeddedTransaction {
+            inner,
+            id: id.to_string(),
+            batches: Vec::new(),
+            offsets: Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl Transaction for EmbeddedTransaction {
+    fn append(&mut self, topic: &str, partition: u32, batch: RecordBatch) -> Result<()> {
+        self.inner.partition(topic, partition)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.batches.push((topic.to_string(), partition, batch));
+        Ok(())
+    }
+
+    fn commit_offsets(&mut self, group: &str, offsets: &[(TopicPartition, Offset)]) {
+        for (tp, offset) in offsets {
+            self.offsets.push((group.to_string(), tp.clone(), *offset));
+        }
+    }
+
+    async fn commit(self: Box<Self>) -> Result<Vec<Offset>> {
+        let inner = self.inner.clone();
+        inner.check_open()?;
+        for (group, tp, _) in &self.offsets {
+            super::groups::validate_group_name(group)?;
+            inner.partition(&tp.topic, tp.partition)?;
+        }
+        let timer = std::time::Instant::now();
+        let mut journal = inner.txn.clone().lock_owned().await;
+        let id = self.id.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Vec<Offset>> {
+            // Fix every involved partition's end by flushing it and noting
+            // where each batch will go; appends by others may interleave
+            // after this, so the base offsets are assigned while holding
+            // the journal lock and re-checked on apply.
+            let mut planned: Vec<(String, u32, u64, RecordBatch)> = Vec::new();
+            let mut next_end: BTreeMap<(String, u32), u64> = BTreeMap::new();
+            let partitions: Vec<_> = self
+                .batches
+                .iter()
+                .map(|(t, p, _)| (t.clone(), *p))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let locked: Vec<_> = partitions
+                .iter()
+                .map(|(topic, partition)| self.inner.partition(topic, *partition))
+                .collect::<Result<_>>()?;
+            let mut guards = Vec::new();
+            for p in &locked {
+                guards.push(p.lock_for_transaction()?);
+            }
+            for guard in &guards {
+                next_end.insert((guard.topic().to_string(), guard.id()), guard.end_offset());
+            }
+            for (topic, partition, batch) in self.batches {
+                let end = next_end.get_mut(&(topic.clone(), partition)).expect("locked above");
+                let base = *end;
+                *end += batch.len() as u64;
+                planned.push((topic, partition, base, batch));
+            }
+            let entry = Entry {
+                seq: journal.next_seq,
+                batches: planned,
+                offsets: self.offsets,
+            };
+            journal.next_seq += 1;
+            journal.write(&entry)?;
+            let mut bases = Vec::with_capacity(entry.batches.len());
+            for (topic, partition, base, batch) in &entry.batches {
+                let guard = guards
+                    .iter_mut()
+                    .find(|g| g.topic() == topic.as_str() && g.id() == *partition)
+                    .expect("locked above");
+                let appended = guard.append(batch, ATTR_TRANSACTIONAL, entry.seq)?;
+                debug_assert_eq!(appended, *base);
+                bases.push(appended);
+            }
+            for guard in &mut guards {
+                guard.flush()?;
+            }
+            drop(guards);
+            let mut by_group: BTreeMap<&str, Vec<(TopicPartition, u64)>> = BTreeMap::new();
+            for (group, tp, offset) in &entry.offsets {
+                by_group.entry(group).or_default().push((tp.clone(), *offset));
+            }
+            for (group, offsets) in by_group {
+                self.inner.groups.commit(group, &offsets)?;
+            }
+            journal.clear()?;
+            Ok(bases)
+        })
+        .await
+        .map_err(|e| BusError::Backend(e.to_string()))?;
+        metrics::TXN_SECONDS.observe(timer.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            warn!(transactional_id = %id, error = %e, "transaction failed");
+        }
+        result
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        // Nothing reached the log or the groups before commit.
+        Ok(())
+    }
+}
