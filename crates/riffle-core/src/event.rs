@@ -46,9 +46,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::de::{
-    self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
@@ -1317,6 +1315,7 @@ mod tests {
     use super::*;
     use crate::time::MAX_RFC3339_MS;
     use proptest::prelude::*;
+    use serde::Deserializer as _;
 
     const NOW: i64 = 1_714_564_800_000; // 2024-05-01T12:00:00Z
 

@@ -1,1 +1,4 @@
 //! riffle-ingest
+
+pub mod seed;
+pub mod tail;

@@ -205,8 +205,12 @@ pub trait Admin: Send + Sync {
         max_bytes: usize,
     ) -> Result<FetchedBatch>;
     /// Resolves a start position to a concrete offset of one partition.
-    async fn resolve_offset(&self, topic: &str, partition: u32, at: StartPosition)
-        -> Result<Offset>;
+    async fn resolve_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        at: StartPosition,
+    ) -> Result<Offset>;
     /// Committed offsets of a group for one topic (partition → next offset).
     async fn committed_offsets(&self, group: &str, topic: &str) -> Result<BTreeMap<u32, Offset>>;
     /// Commits offsets for a group outside any consumer (REST clients).
@@ -295,13 +299,17 @@ pub async fn send_records(
             (None, None) => 0,
         };
         let entry = batches.entry(partition).or_default();
-        entry.0.push(record.key.as_deref(), &record.value, record.timestamp);
+        entry
+            .0
+            .push(record.key.as_deref(), &record.value, record.timestamp);
         entry.1.push(i);
     }
-    let appends = batches.into_iter().map(|(partition, (batch, indexes))| async move {
-        let base = producer.append(topic, partition, batch).await?;
-        Ok::<_, crate::BusError>((partition, base, indexes))
-    });
+    let appends = batches
+        .into_iter()
+        .map(|(partition, (batch, indexes))| async move {
+            let base = producer.append(topic, partition, batch).await?;
+            Ok::<_, crate::BusError>((partition, base, indexes))
+        });
     let mut out = vec![(0, 0); records.len()];
     for result in futures::future::join_all(appends).await {
         let (partition, base, indexes) = result?;

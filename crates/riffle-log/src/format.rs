@@ -77,14 +77,17 @@ impl RecordBatch {
         self.buf.extend_from_slice(&timestamp.to_le_bytes());
         match key {
             Some(key) => {
-                self.buf.extend_from_slice(&(key.len() as i32).to_le_bytes());
+                self.buf
+                    .extend_from_slice(&(key.len() as i32).to_le_bytes());
                 self.buf.extend_from_slice(key);
             }
             None => self.buf.extend_from_slice(&(-1i32).to_le_bytes()),
         }
-        self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(value);
-        self.buf.extend_from_slice(&(headers.len() as u16).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(headers.len() as u16).to_le_bytes());
         for (k, v) in headers {
             self.buf.extend_from_slice(&(k.len() as u16).to_le_bytes());
             self.buf.extend_from_slice(k.as_bytes());
@@ -114,7 +117,8 @@ impl RecordBatch {
         self.buf.extend_from_slice(&timestamp.to_le_bytes());
         match key {
             Some(key) => {
-                self.buf.extend_from_slice(&(key.len() as i32).to_le_bytes());
+                self.buf
+                    .extend_from_slice(&(key.len() as i32).to_le_bytes());
                 self.buf.extend_from_slice(key);
             }
             None => self.buf.extend_from_slice(&(-1i32).to_le_bytes()),
@@ -233,7 +237,10 @@ impl BatchHeader {
     /// body (magic, length bounds, count).
     pub fn parse(bytes: &[u8]) -> Result<BatchHeader, String> {
         if bytes.len() < BATCH_HEADER_LEN {
-            return Err(format!("header truncated ({} of {BATCH_HEADER_LEN} bytes)", bytes.len()));
+            return Err(format!(
+                "header truncated ({} of {BATCH_HEADER_LEN} bytes)",
+                bytes.len()
+            ));
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
@@ -251,7 +258,7 @@ impl BatchHeader {
             return Err(format!("bad magic {}", bytes[16]));
         }
         let total = header.total_len();
-        if total < BATCH_HEADER_LEN || total > MAX_BATCH_BYTES {
+        if !(BATCH_HEADER_LEN..=MAX_BATCH_BYTES).contains(&total) {
             return Err(format!("implausible batch length {}", header.length));
         }
         if header.count == 0 {
@@ -267,11 +274,17 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, String> {
     let header = BatchHeader::parse(bytes)?;
     let total = header.total_len();
     if bytes.len() < total {
-        return Err(format!("batch truncated ({} of {total} bytes)", bytes.len()));
+        return Err(format!(
+            "batch truncated ({} of {total} bytes)",
+            bytes.len()
+        ));
     }
     let crc = crc32c::crc32c(&bytes[CRC_START..total]);
     if crc != header.crc {
-        return Err(format!("crc mismatch (stored {:#010x}, computed {crc:#010x})", header.crc));
+        return Err(format!(
+            "crc mismatch (stored {:#010x}, computed {crc:#010x})",
+            header.crc
+        ));
     }
     let mut iter = RecordIter {
         data: &bytes[BATCH_HEADER_LEN..total],
@@ -560,7 +573,10 @@ mod tests {
             if i < 8 {
                 continue;
             }
-            assert!(validate_batch(&corrupt).is_err(), "flip at byte {i} not detected");
+            assert!(
+                validate_batch(&corrupt).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
     }
 }

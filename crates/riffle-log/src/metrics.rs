@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
-    0.512, 1.0, 2.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+    1.0, 2.0,
 ];
 
 pub static APPEND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -38,11 +38,19 @@ pub static TXN_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 });
 
 pub static APPENDED_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("riffle_log_appended_records_total", "Records durably appended").unwrap()
+    register_int_counter!(
+        "riffle_log_appended_records_total",
+        "Records durably appended"
+    )
+    .unwrap()
 });
 
 pub static APPENDED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("riffle_log_appended_bytes_total", "Bytes durably appended, batch headers included").unwrap()
+    register_int_counter!(
+        "riffle_log_appended_bytes_total",
+        "Bytes durably appended, batch headers included"
+    )
+    .unwrap()
 });
 
 pub static READ_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -50,7 +58,11 @@ pub static READ_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 pub static SEGMENT_ROLLS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("riffle_log_segment_rolls_total", "Segments sealed and rolled").unwrap()
+    register_int_counter!(
+        "riffle_log_segment_rolls_total",
+        "Segments sealed and rolled"
+    )
+    .unwrap()
 });
 
 pub static TRUNCATED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -62,5 +74,9 @@ pub static TRUNCATED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 pub static RETENTION_DELETED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("riffle_log_retention_deleted_bytes_total", "Bytes deleted by retention").unwrap()
+    register_int_counter!(
+        "riffle_log_retention_deleted_bytes_total",
+        "Bytes deleted by retention"
+    )
+    .unwrap()
 });

@@ -60,7 +60,9 @@ impl EmbeddedConsumer {
     fn initial_position(&self, tp: &TopicPartition) -> Result<Offset> {
         let partition = self.inner.partition(&tp.topic, tp.partition)?;
         match self.inner.groups.committed_one(&self.config.group, tp) {
-            Some(offset) if offset >= partition.start_offset() && offset <= partition.end_offset() => {
+            Some(offset)
+                if offset >= partition.start_offset() && offset <= partition.end_offset() =>
+            {
                 Ok(offset)
             }
             committed => {
@@ -87,11 +89,12 @@ impl EmbeddedConsumer {
             return Ok(());
         }
         let inner = self.inner.clone();
-        let (generation, assigned) = self.inner.groups.assignment(
-            &self.config.group,
-            member,
-            &|topic| inner.partition_count(topic),
-        );
+        let (generation, assigned) =
+            self.inner
+                .groups
+                .assignment(&self.config.group, member, &|topic| {
+                    inner.partition_count(topic)
+                });
         let mut positions = BTreeMap::new();
         for tp in assigned {
             let offset = match self.positions.get(&tp) {

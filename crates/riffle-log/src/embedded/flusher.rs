@@ -50,14 +50,21 @@ impl Flusher {
 
     pub fn mark_dirty(&self, partition: &Arc<Partition>, bytes: u64) {
         let mut state = self.state.lock();
-        if !partition.dirty.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        // A partition already marked is either in `dirty` or being flushed
+        // by a round that will cover this write (it was written before this
+        // call, and the round reads the write position after clearing the
+        // flag).
+        let newly_dirty = !partition
+            .dirty
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if newly_dirty {
             state.dirty.push(partition.clone());
+            if state.first_dirty_at.is_none() {
+                state.first_dirty_at = Some(Instant::now());
+            }
         }
         state.pending_bytes += bytes;
-        let wake = state.first_dirty_at.is_none() || state.pending_bytes >= self.max_bytes;
-        if state.first_dirty_at.is_none() {
-            state.first_dirty_at = Some(Instant::now());
-        }
+        let wake = (newly_dirty && state.dirty.len() == 1) || state.pending_bytes >= self.max_bytes;
         drop(state);
         if wake {
             self.cv.notify_one();
@@ -92,7 +99,9 @@ impl Flusher {
                 std::mem::take(&mut state.dirty)
             };
             for partition in dirty {
-                partition.dirty.store(false, std::sync::atomic::Ordering::Release);
+                partition
+                    .dirty
+                    .store(false, std::sync::atomic::Ordering::Release);
                 if let Err(e) = partition.flush() {
                     // Waiters stay blocked rather than being told their data is
                     // durable; the error is loud and the next round retries.

@@ -37,8 +37,9 @@ pub(crate) struct Groups {
 }
 
 pub(crate) fn validate_group_name(group: &str) -> Result<()> {
-    riffle_core::config::validate_topic_name(group)
-        .map_err(|e| BusError::InvalidArgument(format!("group: {}", e.replace("topic name", "group name"))))
+    riffle_core::config::validate_topic_name(group).map_err(|e| {
+        BusError::InvalidArgument(format!("group: {}", e.replace("topic name", "group name")))
+    })
 }
 
 impl Groups {
@@ -50,11 +51,12 @@ impl Groups {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "json") {
                 let bytes = std::fs::read(&path).map_err(|e| BusError::io(&path, e))?;
-                let file: GroupFile = serde_json::from_slice(&bytes).map_err(|e| BusError::Corrupt {
-                    path: path.clone(),
-                    position: 0,
-                    reason: e.to_string(),
-                })?;
+                let file: GroupFile =
+                    serde_json::from_slice(&bytes).map_err(|e| BusError::Corrupt {
+                        path: path.clone(),
+                        position: 0,
+                        reason: e.to_string(),
+                    })?;
                 groups.insert(
                     file.group.clone(),
                     Group {

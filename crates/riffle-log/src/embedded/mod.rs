@@ -67,6 +67,7 @@ use tracing::{info, warn};
 
 use self::flusher::Flusher;
 use self::groups::Groups;
+pub use self::partition::Truncation;
 use self::partition::{Partition, PartitionSettings};
 use self::segment::{sync_dir, write_file_durably};
 use crate::bus::{
@@ -101,7 +102,9 @@ impl LogOptions {
             group_commit_interval: Duration::from_millis(config.group_commit_interval_ms),
             group_commit_max_bytes: config.group_commit_max_bytes,
             index_interval_bytes: config.index_interval_bytes.max(1),
-            retention_check_interval: Duration::from_millis(config.retention_check_interval_ms.max(10)),
+            retention_check_interval: Duration::from_millis(
+                config.retention_check_interval_ms.max(10),
+            ),
             default_topic: TopicConfig {
                 partitions: config.default_partitions,
                 retention_ms: config.default_retention_ms,
@@ -138,6 +141,7 @@ pub(crate) struct Inner {
     /// Bumped whenever any partition's durable end advances or a group's
     /// membership changes; idle consumers wait on it.
     pub(crate) epoch: Arc<tokio::sync::watch::Sender<u64>>,
+    truncations: Vec<Truncation>,
 }
 
 /// The embedded, durable, partitioned log. Cheap to clone.
@@ -148,7 +152,9 @@ pub struct EmbeddedLog {
 
 impl std::fmt::Debug for EmbeddedLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedLog").field("root", &self.inner.root).finish()
+        f.debug_struct("EmbeddedLog")
+            .field("root", &self.inner.root)
+            .finish()
     }
 }
 
@@ -172,6 +178,7 @@ impl EmbeddedLog {
         let (epoch, _) = tokio::sync::watch::channel(0u64);
         let epoch = Arc::new(epoch);
         let mut topics = BTreeMap::new();
+        let mut truncations = Vec::new();
         for entry in std::fs::read_dir(&topics_dir).map_err(|e| BusError::io(&topics_dir, e))? {
             let entry = entry.map_err(|e| BusError::io(&topics_dir, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
@@ -180,7 +187,7 @@ impl EmbeddedLog {
                 let _ = std::fs::remove_dir_all(entry.path());
                 continue;
             }
-            let topic = open_topic(&entry.path(), &options, &epoch)?;
+            let topic = open_topic(&entry.path(), &options, &epoch, &mut truncations)?;
             topics.insert(name, Arc::new(topic));
         }
         let groups = Groups::open(&root.join("groups"))?;
@@ -202,6 +209,7 @@ impl EmbeddedLog {
             closed: AtomicBool::new(false),
             stop: (Mutex::new(false), Condvar::new()),
             epoch,
+            truncations,
         });
         {
             let mut journal = inner.txn.try_lock().expect("journal is not shared yet");
@@ -224,6 +232,11 @@ impl EmbeddedLog {
             "embedded log opened"
         );
         Ok(log)
+    }
+
+    /// Torn or corrupt tails that were truncated when this log was opened.
+    pub fn recovery_truncations(&self) -> &[Truncation] {
+        &self.inner.truncations
     }
 
     pub fn root(&self) -> &Path {
@@ -307,6 +320,7 @@ fn open_topic(
     dir: &Path,
     options: &LogOptions,
     epoch: &Arc<tokio::sync::watch::Sender<u64>>,
+    truncations: &mut Vec<Truncation>,
 ) -> Result<Topic> {
     let meta_path = dir.join("topic.json");
     let bytes = std::fs::read(&meta_path).map_err(|e| BusError::io(&meta_path, e))?;
@@ -324,7 +338,14 @@ fn open_topic(
     };
     let mut partitions = Vec::with_capacity(file.config.partitions as usize);
     for id in 0..file.config.partitions {
-        let partition = Partition::open(&dir.join(id.to_string()), name.clone(), id, settings, epoch.clone())?;
+        let partition = Partition::open(
+            &dir.join(id.to_string()),
+            name.clone(),
+            id,
+            settings,
+            epoch.clone(),
+            truncations,
+        )?;
         partitions.push(Arc::new(partition));
     }
     Ok(Topic {
@@ -348,7 +369,9 @@ fn enforce_retention(inner: &Inner) -> Result<u64> {
 
 fn retention_loop(inner: std::sync::Weak<Inner>) {
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let interval = strong.options.retention_check_interval;
         {
             let mut stopped = strong.stop.0.lock();
@@ -388,7 +411,10 @@ impl Inner {
     }
 
     pub(crate) fn partition_count(&self, topic: &str) -> Option<u32> {
-        self.topics.read().get(topic).map(|t| t.partitions.len() as u32)
+        self.topics
+            .read()
+            .get(topic)
+            .map(|t| t.partitions.len() as u32)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -541,7 +567,12 @@ impl Admin for EmbeddedLog {
         self.inner.fetch(topic, partition, offset, max_bytes)
     }
 
-    async fn resolve_offset(&self, topic: &str, partition: u32, at: StartPosition) -> Result<Offset> {
+    async fn resolve_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        at: StartPosition,
+    ) -> Result<Offset> {
         self.inner.resolve(topic, partition, at)
     }
 
@@ -550,7 +581,11 @@ impl Admin for EmbeddedLog {
         Ok(self.inner.groups.committed(group, topic))
     }
 
-    async fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, Offset)]) -> Result<()> {
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, Offset)],
+    ) -> Result<()> {
         commit_offsets(&self.inner, group, offsets).await
     }
 
@@ -582,7 +617,10 @@ pub(crate) async fn commit_offsets(
 impl EventBus for EmbeddedLog {
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
         self.inner.check_open()?;
-        Ok(Box::new(consumer::EmbeddedConsumer::new(self.inner.clone(), config)?))
+        Ok(Box::new(consumer::EmbeddedConsumer::new(
+            self.inner.clone(),
+            config,
+        )?))
     }
 
     async fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn Transaction>> {
@@ -617,9 +655,13 @@ fn create_topic(inner: &Inner, name: &str, config: TopicConfig) -> Result<TopicM
     let final_dir = topics_dir.join(name);
     std::fs::rename(&staging, &final_dir).map_err(|e| BusError::io(&final_dir, e))?;
     sync_dir(&topics_dir)?;
-    let topic = open_topic(&final_dir, &inner.options, &inner.epoch)?;
+    let topic = open_topic(&final_dir, &inner.options, &inner.epoch, &mut Vec::new())?;
     topics.insert(name.to_string(), Arc::new(topic));
-    info!(topic = name, partitions = config.partitions, "created topic");
+    info!(
+        topic = name,
+        partitions = config.partitions,
+        "created topic"
+    );
     Ok(TopicMetadata {
         name: name.to_string(),
         config,

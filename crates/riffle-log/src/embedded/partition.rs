@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::segment::{
-    index_file_name, scan_segment, segment_file_name, sync_dir, IndexEntry, Segment,
+    index_file_name, scan_segment, segment_file_name, sync_dir, IndexEntry, Segment, SegmentState,
     INDEX_ENTRY_LEN,
 };
 use crate::error::{BusError, Result};
@@ -53,6 +53,17 @@ pub(crate) struct Partition {
     epoch: Arc<watch::Sender<u64>>,
 }
 
+/// A torn or corrupt tail found and cut off while opening the log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Truncation {
+    pub topic: String,
+    pub partition: u32,
+    pub segment_base_offset: u64,
+    pub valid_bytes: u64,
+    pub truncated_bytes: u64,
+    pub reason: String,
+}
+
 /// What [`Partition::append`] wrote, for the flusher and the caller.
 pub(crate) struct Appended {
     pub base_offset: u64,
@@ -71,6 +82,7 @@ impl Partition {
         id: u32,
         settings: PartitionSettings,
         epoch: Arc<watch::Sender<u64>>,
+        report: &mut Vec<Truncation>,
     ) -> Result<Partition> {
         std::fs::create_dir_all(dir).map_err(|e| BusError::io(dir, e))?;
         let mut bases = Vec::new();
@@ -103,10 +115,12 @@ impl Partition {
                 .open(&path)
                 .map_err(|e| BusError::io(&path, e))?;
             if i < last {
-                segments.push(Arc::new(open_closed_segment(dir, base, file, &settings, &topic, id)?));
+                segments.push(Arc::new(open_closed_segment(
+                    dir, base, file, &settings, &topic, id, report,
+                )?));
             } else {
                 segments.push(Arc::new(recover_active_segment(
-                    dir, base, file, &settings, &topic, id,
+                    dir, base, file, &settings, &topic, id, report,
                 )?));
             }
         }
@@ -269,7 +283,9 @@ impl Partition {
     /// Seals the active segment (fsynced, index written) and starts a new one.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let timer = std::time::Instant::now();
-        w.file.sync_data().map_err(|e| BusError::io(&w.active.log_path, e))?;
+        w.file
+            .sync_data()
+            .map_err(|e| BusError::io(&w.active.log_path, e))?;
         w.active.close(w.position, w.next_offset, w.max_ts)?;
         self.publish_end(w.next_offset);
         let base = w.next_offset;
@@ -286,11 +302,13 @@ impl Partition {
             &self.dir,
             base,
             read_file,
-            0,
-            base,
-            i64::MIN,
-            false,
-            Vec::new(),
+            SegmentState {
+                len: 0,
+                end_offset: base,
+                max_timestamp: i64::MIN,
+                closed: false,
+                index: Vec::new(),
+            },
         ));
         {
             let mut segments = self.segments.write();
@@ -313,10 +331,17 @@ impl Partition {
     pub fn flush(&self) -> Result<u64> {
         let (segment, file, position, end, max_ts) = {
             let w = self.writer.lock();
-            (w.active.clone(), w.file.clone(), w.position, w.next_offset, w.max_ts)
+            (
+                w.active.clone(),
+                w.file.clone(),
+                w.position,
+                w.next_offset,
+                w.max_ts,
+            )
         };
         let timer = std::time::Instant::now();
-        file.sync_data().map_err(|e| BusError::io(&segment.log_path, e))?;
+        file.sync_data()
+            .map_err(|e| BusError::io(&segment.log_path, e))?;
         metrics::FSYNC_SECONDS.observe(timer.elapsed().as_secs_f64());
         segment.publish(position, end, max_ts);
         self.publish_end(end);
@@ -355,7 +380,9 @@ impl Partition {
             return Ok(RecordSet::default());
         }
         let segments = self.segments.read().clone();
-        let first = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let first = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
         for segment in &segments[first..] {
             let visible = segment.visible_len();
             let position = segment.position_for_offset(offset)?;
@@ -422,7 +449,8 @@ impl Partition {
                 return Ok(0);
             }
             let rest = segments[keep_from..].to_vec();
-            self.start_offset.store(rest[0].base_offset, Ordering::Release);
+            self.start_offset
+                .store(rest[0].base_offset, Ordering::Release);
             *guard = Arc::new(rest);
         }
         let mut bytes = 0;
@@ -509,7 +537,9 @@ fn read_batches(
         let total = header.total_len();
         if pos + total > buf.len() {
             if pos + total > available {
-                return Err(segment.corrupt(position + pos as u64, "batch extends past the durable end"));
+                return Err(
+                    segment.corrupt(position + pos as u64, "batch extends past the durable end")
+                );
             }
             if keep_start.is_some() {
                 break;
@@ -552,10 +582,14 @@ fn open_closed_segment(
     settings: &PartitionSettings,
     topic: &str,
     partition: u32,
+    report: &mut Vec<Truncation>,
 ) -> Result<Segment> {
     let log_path = dir.join(segment_file_name(base));
     let index_path = dir.join(index_file_name(base));
-    let len = file.metadata().map_err(|e| BusError::io(&log_path, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| BusError::io(&log_path, e))?
+        .len();
     // A closed segment was fsynced before its successor was created; its
     // index ends with a closing entry that gives the end offset and the max
     // timestamp. If that does not check out, rebuild it by scanning.
@@ -564,11 +598,27 @@ fn open_closed_segment(
             let last = IndexEntry::decode(&index_bytes[index_bytes.len() - INDEX_ENTRY_LEN..]);
             if last.position as u64 == len {
                 let end = base + last.rel_offset as u64;
-                return Ok(Segment::new(dir, base, file, len, end, last.max_ts_before, true, Vec::new()));
+                return Ok(Segment::new(
+                    dir,
+                    base,
+                    file,
+                    SegmentState {
+                        len,
+                        end_offset: end,
+                        max_timestamp: last.max_ts_before,
+                        closed: true,
+                        index: Vec::new(),
+                    },
+                ));
             }
         }
     }
-    warn!(topic, partition, base_offset = base, "rebuilding index of closed segment");
+    warn!(
+        topic,
+        partition,
+        base_offset = base,
+        "rebuilding index of closed segment"
+    );
     let scan = scan_segment(&file, &log_path, base, settings.index_interval)?;
     if let Some(reason) = &scan.invalid_tail {
         warn!(topic, partition, base_offset = base, truncated_bytes = scan.file_len - scan.valid_len, %reason, "truncated corrupt tail of closed segment");
@@ -576,8 +626,27 @@ fn open_closed_segment(
             .and_then(|_| file.sync_all())
             .map_err(|e| BusError::io(&log_path, e))?;
         metrics::TRUNCATED_BYTES.inc_by(scan.file_len - scan.valid_len);
+        report.push(Truncation {
+            topic: topic.to_string(),
+            partition,
+            segment_base_offset: base,
+            valid_bytes: scan.valid_len,
+            truncated_bytes: scan.file_len - scan.valid_len,
+            reason: reason.clone(),
+        });
     }
-    let segment = Segment::new(dir, base, file, scan.valid_len, scan.end_offset, scan.max_timestamp, false, scan.index);
+    let segment = Segment::new(
+        dir,
+        base,
+        file,
+        SegmentState {
+            len: scan.valid_len,
+            end_offset: scan.end_offset,
+            max_timestamp: scan.max_timestamp,
+            closed: false,
+            index: scan.index,
+        },
+    );
     segment.close(scan.valid_len, scan.end_offset, scan.max_timestamp)?;
     Ok(segment)
 }
@@ -589,6 +658,7 @@ fn recover_active_segment(
     settings: &PartitionSettings,
     topic: &str,
     partition: u32,
+    report: &mut Vec<Truncation>,
 ) -> Result<Segment> {
     let log_path = dir.join(segment_file_name(base));
     let scan = scan_segment(&file, &log_path, base, settings.index_interval)?;
@@ -599,6 +669,14 @@ fn recover_active_segment(
             .and_then(|_| file.sync_all())
             .map_err(|e| BusError::io(&log_path, e))?;
         metrics::TRUNCATED_BYTES.inc_by(truncated);
+        report.push(Truncation {
+            topic: topic.to_string(),
+            partition,
+            segment_base_offset: base,
+            valid_bytes: scan.valid_len,
+            truncated_bytes: truncated,
+            reason: reason.clone(),
+        });
     } else {
         // Everything present is valid; make sure it is durable before it is
         // served (the previous process may have died before its fsync).
@@ -609,10 +687,12 @@ fn recover_active_segment(
         dir,
         base,
         file,
-        scan.valid_len,
-        scan.end_offset,
-        scan.max_timestamp,
-        false,
-        scan.index,
+        SegmentState {
+            len: scan.valid_len,
+            end_offset: scan.end_offset,
+            max_timestamp: scan.max_timestamp,
+            closed: false,
+            index: scan.index,
+        },
     ))
 }

@@ -49,6 +49,15 @@ pub(crate) fn index_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.index")
 }
 
+/// What is known about a segment when it is opened or created.
+pub(crate) struct SegmentState {
+    pub len: u64,
+    pub end_offset: u64,
+    pub max_timestamp: i64,
+    pub closed: bool,
+    pub index: Vec<IndexEntry>,
+}
+
 /// A segment file. Readers use positional reads on `file` and never take the
 /// partition's writer lock.
 pub(crate) struct Segment {
@@ -68,26 +77,17 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub fn new(
-        dir: &Path,
-        base_offset: u64,
-        file: File,
-        visible_len: u64,
-        visible_end: u64,
-        max_timestamp: i64,
-        closed: bool,
-        active_index: Vec<IndexEntry>,
-    ) -> Segment {
+    pub fn new(dir: &Path, base_offset: u64, file: File, state: SegmentState) -> Segment {
         Segment {
             base_offset,
             log_path: dir.join(segment_file_name(base_offset)),
             index_path: dir.join(index_file_name(base_offset)),
             file,
-            visible_len: AtomicU64::new(visible_len),
-            visible_end: AtomicU64::new(visible_end),
-            max_timestamp: AtomicI64::new(max_timestamp),
-            closed: AtomicBool::new(closed),
-            active_index: RwLock::new(active_index),
+            visible_len: AtomicU64::new(state.len),
+            visible_end: AtomicU64::new(state.end_offset),
+            max_timestamp: AtomicI64::new(state.max_timestamp),
+            closed: AtomicBool::new(state.closed),
+            active_index: RwLock::new(state.index),
         }
     }
 
@@ -160,7 +160,11 @@ impl Segment {
             let index = self.active_index.read();
             if !self.is_closed() {
                 let n = index.partition_point(|e| before(e));
-                return Ok(if n == 0 { 0 } else { index[n - 1].position as u64 });
+                return Ok(if n == 0 {
+                    0
+                } else {
+                    index[n - 1].position as u64
+                });
             }
         }
         let file = File::open(&self.index_path).map_err(|e| BusError::io(&self.index_path, e))?;
@@ -273,7 +277,8 @@ pub(crate) fn scan_segment(
             buf_start = pos;
             let n = chunk_len.min((file_len - pos) as usize);
             buf.resize(n, 0);
-            file.read_exact_at(&mut buf, pos).map_err(|e| BusError::io(path, e))?;
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| BusError::io(path, e))?;
         }
         let rel = (pos - buf_start) as usize;
         let header = match BatchHeader::parse(&buf[rel..]) {
@@ -297,7 +302,8 @@ pub(crate) fn scan_segment(
             let n = chunk_len.max(total as usize).min((file_len - pos) as usize);
             debug_assert!(n <= MAX_BATCH_BYTES.max(chunk_len));
             buf.resize(n, 0);
-            file.read_exact_at(&mut buf, pos).map_err(|e| BusError::io(path, e))?;
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| BusError::io(path, e))?;
         }
         let rel = (pos - buf_start) as usize;
         if let Err(reason) = validate_batch(&buf[rel..rel + total as usize]) {

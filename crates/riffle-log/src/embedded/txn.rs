@@ -146,7 +146,12 @@ fn parse_entry(bytes: &[u8]) -> Option<Entry> {
         let max_ts = r.u64()? as i64;
         let records_len = r.u32()? as usize;
         let records = r.take(records_len)?.to_vec();
-        batches.push((topic, partition, base, RecordBatch::from_parts(records, count, min_ts, max_ts)));
+        batches.push((
+            topic,
+            partition,
+            base,
+            RecordBatch::from_parts(records, count, min_ts, max_ts),
+        ));
     }
     let n = r.u32()?;
     let mut offsets = Vec::new();
@@ -157,7 +162,11 @@ fn parse_entry(bytes: &[u8]) -> Option<Entry> {
         let offset = r.u64()?;
         offsets.push((group, TopicPartition::new(topic, partition), offset));
     }
-    Some(Entry { seq, batches, offsets })
+    Some(Entry {
+        seq,
+        batches,
+        offsets,
+    })
 }
 
 struct Reader<'a> {
@@ -214,7 +223,10 @@ fn apply(inner: &Inner, entry: &Entry) -> Result<Vec<Offset>> {
     }
     let mut by_group: BTreeMap<&str, Vec<(TopicPartition, u64)>> = BTreeMap::new();
     for (group, tp, offset) in &entry.offsets {
-        by_group.entry(group).or_default().push((tp.clone(), *offset));
+        by_group
+            .entry(group)
+            .or_default()
+            .push((tp.clone(), *offset));
     }
     for (group, offsets) in by_group {
         inner.groups.commit(group, &offsets)?;
@@ -225,7 +237,12 @@ fn apply(inner: &Inner, entry: &Entry) -> Result<Vec<Offset>> {
 /// Re-applies a transaction that reached its commit point before a crash.
 pub(crate) fn recover(inner: &Inner, journal: &mut Journal) -> Result<()> {
     if let Some(entry) = journal.read()? {
-        info!(seq = entry.seq, batches = entry.batches.len(), offsets = entry.offsets.len(), "re-applying committed transaction from journal");
+        info!(
+            seq = entry.seq,
+            batches = entry.batches.len(),
+            offsets = entry.offsets.len(),
+            "re-applying committed transaction from journal"
+        );
         apply(inner, &entry)?;
         journal.next_seq = entry.seq + 1;
     }
@@ -303,7 +320,9 @@ impl Transaction for EmbeddedTransaction {
                 next_end.insert((guard.topic().to_string(), guard.id()), guard.end_offset());
             }
             for (topic, partition, batch) in self.batches {
-                let end = next_end.get_mut(&(topic.clone(), partition)).expect("locked above");
+                let end = next_end
+                    .get_mut(&(topic.clone(), partition))
+                    .expect("locked above");
                 let base = *end;
                 *end += batch.len() as u64;
                 planned.push((topic, partition, base, batch));
@@ -331,7 +350,10 @@ impl Transaction for EmbeddedTransaction {
             drop(guards);
             let mut by_group: BTreeMap<&str, Vec<(TopicPartition, u64)>> = BTreeMap::new();
             for (group, tp, offset) in &entry.offsets {
-                by_group.entry(group).or_default().push((tp.clone(), *offset));
+                by_group
+                    .entry(group)
+                    .or_default()
+                    .push((tp.clone(), *offset));
             }
             for (group, offsets) in by_group {
                 self.inner.groups.commit(group, &offsets)?;
@@ -351,5 +373,124 @@ impl Transaction for EmbeddedTransaction {
     async fn abort(self: Box<Self>) -> Result<()> {
         // Nothing reached the log or the groups before commit.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Admin, TopicConfig};
+    use crate::{EmbeddedLog, LogOptions, Producer};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn batch(value: &[u8]) -> RecordBatch {
+        let mut b = RecordBatch::new();
+        b.push(None, value, 1);
+        b
+    }
+
+    fn values(rt: &tokio::runtime::Runtime, log: &EmbeddedLog) -> Vec<String> {
+        let fetched = rt.block_on(log.fetch("out", 0, 0, 1 << 20)).unwrap();
+        fetched
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// A crash after the commit point (journal fsynced) but before the
+    /// batches reached the partition: recovery applies them.
+    #[test]
+    fn journal_past_commit_point_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let config = TopicConfig {
+            partitions: 1,
+            retention_ms: -1,
+            retention_bytes: -1,
+            segment_bytes: 1 << 20,
+        };
+        {
+            let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+            rt.block_on(log.create_topic("out", config)).unwrap();
+            rt.block_on(log.append("out", 0, batch(b"before"))).unwrap();
+            log.close().unwrap();
+        }
+        let entry = Entry {
+            seq: 7,
+            batches: vec![("out".into(), 0, 1, batch(b"txn-record"))],
+            offsets: vec![("g".into(), TopicPartition::new("out", 0), 1)],
+        };
+        Journal::open(&dir.path().join("txn.journal"))
+            .unwrap()
+            .write(&entry)
+            .unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+        assert_eq!(values(&rt, &log), vec!["before", "txn-record"]);
+        assert_eq!(
+            rt.block_on(log.committed_offsets("g", "out"))
+                .unwrap()
+                .get(&0),
+            Some(&1)
+        );
+        assert!(std::fs::read(dir.path().join("txn.journal"))
+            .unwrap()
+            .is_empty());
+        log.close().unwrap();
+
+        // The same journal found again (crash after apply, before clear)
+        // must not duplicate the batch.
+        Journal::open(&dir.path().join("txn.journal"))
+            .unwrap()
+            .write(&entry)
+            .unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+        assert_eq!(values(&rt, &log), vec!["before", "txn-record"]);
+        log.close().unwrap();
+    }
+
+    /// A torn journal means the commit point was never reached: nothing of
+    /// the transaction appears.
+    #[test]
+    fn torn_journal_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        {
+            let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+            rt.block_on(log.create_topic(
+                "out",
+                TopicConfig {
+                    partitions: 1,
+                    retention_ms: -1,
+                    retention_bytes: -1,
+                    segment_bytes: 1 << 20,
+                },
+            ))
+            .unwrap();
+            log.close().unwrap();
+        }
+        let path = dir.path().join("txn.journal");
+        let entry = Entry {
+            seq: 1,
+            batches: vec![("out".into(), 0, 0, batch(b"torn"))],
+            offsets: vec![],
+        };
+        Journal::open(&path).unwrap().write(&entry).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+        assert!(values(&rt, &log).is_empty());
+        log.close().unwrap();
     }
 }
