@@ -73,6 +73,7 @@ pub struct IngestConfig {
     pub max_inflight_bytes: usize,
     pub retry_after_secs: u64,
     pub topic_partitions: u32,
+    pub dead_letter_topic: String,
     /// event type → topic. Every event type must have a route.
     pub routes: BTreeMap<String, String>,
 }
@@ -179,6 +180,11 @@ impl Config {
             return Err(ConfigError::new(
                 "ingest.topic_partitions: must be at least 1",
             ));
+        }
+        if let Err(reason) = validate_topic_name(&self.ingest.dead_letter_topic) {
+            return Err(ConfigError::new(format!(
+                "ingest.dead_letter_topic: {reason}"
+            )));
         }
         for (event_type, topic) in &self.ingest.routes {
             if crate::event::EventType::parse(event_type).is_none() {

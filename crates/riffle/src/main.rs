@@ -1,1 +1,335 @@
-fn main() {}
+//! `riffle`: the single binary. `riffle serve` runs the server; the other
+//! commands talk to a running server over HTTP (`--server`), except
+//! `riffle bench`, which measures in-process components.
+
+mod bench;
+mod client;
+mod commands;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use riffle_core::config::{Config, ConfigSources, LogFormat};
+use riffle_ingest::tail::LineFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "riffle",
+    version,
+    about = "Riffle: the open real-time ML backend — durable event log, ingest, and (soon) streaming aggregates, features and datasets in one binary",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// Server base URL.
+    #[arg(
+        long,
+        env = "RIFFLE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// Bearer token. Default: the admin token in <data-dir>/admin.token, if readable.
+    #[arg(long, env = "RIFFLE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of a local server, where the admin token is read from.
+    #[arg(
+        long = "data-dir",
+        env = "RIFFLE_DATA_DIR",
+        default_value = "./riffle-data",
+        global = true
+    )]
+    client_data_dir: PathBuf,
+    /// PEM file of a CA to trust for https:// servers (e.g. a self-signed certificate).
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ClientOpts {
+    fn client(&self) -> anyhow::Result<client::Client> {
+        let token = client::resolve_token(self.token.clone(), &self.client_data_dir);
+        client::Client::new(&self.server, token, self.ca_cert.as_deref())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: embedded log, HTTP API (/v1), gRPC ingest, metrics.
+    Serve(ServeArgs),
+    /// Create, list, describe and delete topics of a running server.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Send NDJSON events from stdin to a topic (each line is validated as an event).
+    Produce {
+        /// Topic to write to (must exist).
+        #[arg(long)]
+        topic: String,
+        /// Events per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a topic's records as NDJSON.
+    Consume {
+        topic: String,
+        /// Where to start: earliest, latest, an offset (applied to every partition) or an RFC 3339 time.
+        /// Default: the group's committed offsets with --group, else earliest.
+        #[arg(long)]
+        from: Option<String>,
+        /// Consumer group: start from its committed offsets and commit after each batch printed.
+        #[arg(long)]
+        group: Option<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Read only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Exit once the end of every partition is reached instead of waiting for more.
+        #[arg(long)]
+        no_follow: bool,
+        /// Print only the record values.
+        #[arg(long)]
+        value_only: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Follow append-only log files (globs) and send their lines as events.
+    Tail {
+        /// Files or glob patterns, e.g. '/var/log/ads/*.log'.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Line format: seed ([AdClickEvent] ad001, 2022-03-04 00:00:01, user 1, 207.148.22.22, USA), ndjson, or auto.
+        #[arg(long, default_value = "auto")]
+        format: LineFormat,
+        /// Checkpoint file (file identity + byte offset per file).
+        #[arg(long, default_value = "./riffle-tail.checkpoint")]
+        checkpoint: PathBuf,
+        /// Topic for malformed or rejected lines.
+        #[arg(long, default_value = "tail.dead_letter")]
+        dead_letter_topic: String,
+        /// How often to look for new lines, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        poll_ms: u64,
+        /// Read what is there once, then exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Benchmarks (results go to stdout; record them in docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create a topic (needs the admin token).
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// retention.ms; -1 keeps data forever.
+        #[arg(long, allow_hyphen_values = true)]
+        retention_ms: Option<i64>,
+        /// retention.bytes per partition; -1 for no limit.
+        #[arg(long, allow_hyphen_values = true)]
+        retention_bytes: Option<i64>,
+        /// segment.bytes.
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions with start and end offsets.
+    Describe { name: String },
+    /// Delete a topic and its data (needs the admin token).
+    Delete { name: String },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Data directory (log, admin token). Default from config: ./riffle-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address. Default from config: 127.0.0.1:8080.
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// gRPC listen address. Default from config: 127.0.0.1:50051.
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Extra TOML config files, applied after ./riffle.toml and before RIFFLE__* variables.
+    #[arg(long)]
+    config: Vec<PathBuf>,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RIFFLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut overrides = Vec::new();
+    if let Some(dir) = &args.data_dir {
+        overrides.push((
+            "server.data_dir".to_string(),
+            dir.display().to_string().into(),
+        ));
+    }
+    if let Some(addr) = &args.http_addr {
+        overrides.push(("server.http_addr".to_string(), addr.clone().into()));
+    }
+    if let Some(addr) = &args.grpc_addr {
+        overrides.push(("server.grpc_addr".to_string(), addr.clone().into()));
+    }
+    Ok(Config::load(&ConfigSources {
+        cwd_file: Some(PathBuf::from("riffle.toml")),
+        files: args.config.clone(),
+        overrides,
+        use_env: true,
+    })?)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = load_config(&args)?;
+            init_tracing(config.telemetry.log_format, &config.telemetry.log_level);
+            riffle_server::serve(config, shutdown_signal(), |_| {}).await
+        }
+        Command::Topics { command, client } => {
+            init_tracing(LogFormat::Text, "warn");
+            let client = client.client()?;
+            match command {
+                TopicsCommand::Create {
+                    name,
+                    partitions,
+                    retention_ms,
+                    retention_bytes,
+                    segment_bytes,
+                } => {
+                    commands::topics_create(
+                        &client,
+                        &name,
+                        partitions,
+                        retention_ms,
+                        retention_bytes,
+                        segment_bytes,
+                    )
+                    .await
+                }
+                TopicsCommand::List => commands::topics_list(&client).await,
+                TopicsCommand::Describe { name } => commands::topics_describe(&client, &name).await,
+                TopicsCommand::Delete { name } => commands::topics_delete(&client, &name).await,
+            }
+        }
+        Command::Produce {
+            topic,
+            batch,
+            client,
+        } => {
+            init_tracing(LogFormat::Text, "warn");
+            commands::produce(&client.client()?, &topic, batch.max(1)).await
+        }
+        Command::Consume {
+            topic,
+            from,
+            group,
+            max,
+            partition,
+            no_follow,
+            value_only,
+            client,
+        } => {
+            init_tracing(LogFormat::Text, "warn");
+            commands::consume(
+                &client.client()?,
+                commands::ConsumeArgs {
+                    topic,
+                    from,
+                    group,
+                    max,
+                    partition,
+                    follow: !no_follow,
+                    value_only,
+                },
+            )
+            .await
+        }
+        Command::Tail {
+            files,
+            format,
+            checkpoint,
+            dead_letter_topic,
+            poll_ms,
+            once,
+            client,
+        } => {
+            init_tracing(LogFormat::Text, "info");
+            commands::tail(
+                client.client()?,
+                commands::TailArgs {
+                    patterns: files,
+                    format,
+                    checkpoint,
+                    dead_letter_topic,
+                    poll_interval: Duration::from_millis(poll_ms.max(10)),
+                    once,
+                },
+            )
+            .await
+            .context("tail")
+        }
+        Command::Bench { command } => {
+            init_tracing(LogFormat::Text, "warn");
+            bench::run(command).await
+        }
+    }
+}
