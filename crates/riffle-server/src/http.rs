@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -97,12 +98,13 @@ struct EventsQuery {
 
 async fn post_events(
     State(state): State<AppState>,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Ingest)?;
+    let body = request_body(&state, body)?;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -152,10 +154,11 @@ struct CreateTopic {
 async fn create_topic(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Admin)?;
+    let body = request_body(&state, body)?;
     let request: CreateTopic = parse_json_body(&body)?;
     let defaults = &services.log_defaults;
     let config = TopicConfig {
@@ -166,6 +169,50 @@ async fn create_topic(
     };
     let created = services.bus.create_topic(&request.name, config).await?;
     Ok((StatusCode::CREATED, Json(topic_json(&created))))
+}
+
+/// The request body, or an API error in the usual JSON shape when axum
+/// refused it (above all the transport size limit, which would otherwise
+/// answer 413 with a plain-text body).
+fn request_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "body: exceeds the limit of {} bytes",
+                    state.config.ingest.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("body: {}", e.body_text()))
+        }
+    })
+}
+
+/// `Query` whose rejection (unknown or malformed parameters) is an API
+/// error in the usual JSON shape rather than axum's plain-text 400.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(ApiQuery(query)),
+            Err(e) => {
+                let detail = std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.body_text());
+                Err(ApiError::bad_request(format!("query string: {detail}")))
+            }
+        }
+    }
 }
 
 fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -280,7 +327,7 @@ fn parse_u64_param(name: &str, value: &str) -> Result<u64, ApiError> {
 async fn read_records(
     State(state): State<AppState>,
     Path((topic, partition)): Path<(String, String)>,
-    Query(query): Query<RecordsQuery>,
+    ApiQuery(query): ApiQuery<RecordsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
@@ -363,10 +410,11 @@ async fn produce_records(
     State(state): State<AppState>,
     Path(topic): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Ingest)?;
+    let body = request_body(&state, body)?;
     let _permit = services.ingestor.admit(body.len())?;
     let request: ProduceBody = parse_json_body(&body)?;
     if request.records.len() > services.ingestor.config().max_events_per_request {
@@ -430,7 +478,7 @@ struct OffsetsQuery {
 async fn topic_offsets(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    Query(query): Query<OffsetsQuery>,
+    ApiQuery(query): ApiQuery<OffsetsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
@@ -480,7 +528,7 @@ struct GroupQuery {
 async fn group_offsets(
     State(state): State<AppState>,
     Path(group): Path<String>,
-    Query(query): Query<GroupQuery>,
+    ApiQuery(query): ApiQuery<GroupQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
@@ -507,10 +555,11 @@ async fn commit_group_offsets(
     State(state): State<AppState>,
     Path(group): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Read)?;
+    let body = request_body(&state, body)?;
     let request: CommitBody = parse_json_body(&body)?;
     let mut offsets = Vec::with_capacity(request.offsets.len());
     for (partition, offset) in &request.offsets {
