@@ -10,6 +10,7 @@ use serde::Serialize;
 pub enum ErrorCode {
     InvalidArgument,
     NotFound,
+    MethodNotAllowed,
     AlreadyExists,
     Unauthenticated,
     PermissionDenied,
@@ -27,6 +28,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
@@ -44,6 +46,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PermissionDenied => 403,
@@ -61,6 +64,7 @@ impl ErrorCode {
     pub fn grpc_code(self) -> i32 {
         match self {
             ErrorCode::InvalidArgument => 3,
+            ErrorCode::MethodNotAllowed => 12,
             ErrorCode::NotFound => 5,
             ErrorCode::AlreadyExists => 6,
             ErrorCode::PermissionDenied => 7,
