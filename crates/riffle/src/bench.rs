@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use riffle_core::config::{Config, FsyncPolicy};
+use riffle_core::config::FsyncPolicy;
 use riffle_log::{Admin, EmbeddedLog, LogOptions, Producer, RecordBatch, TopicConfig};
 
 #[derive(Subcommand)]
@@ -303,8 +303,26 @@ fn dd_bandwidth(dir: &Path, mib: u64) -> anyhow::Result<f64> {
     Ok((mib << 20) as f64 / seconds / 1e6)
 }
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Stops the benchmark's server (SIGTERM: graceful) when dropped.
+struct ServerChild(std::process::Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -322,29 +340,34 @@ async fn bench_ingest(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let (dir, _guard) = bench_dir(dir, ".riffle-bench-ingest-")?;
-    let mut in_process = None;
+    // The server runs as its own process, as in production, so the load
+    // generator does not share its runtime (they still share the cores).
+    let mut child = None;
     let base = match server {
         Some(url) => url,
         None => {
-            let mut config = Config::defaults();
-            config.server.data_dir = dir.clone();
-            config.server.http_addr = "127.0.0.1:0".into();
-            config.server.grpc_addr = "127.0.0.1:0".into();
-            config.ingest.max_inflight_bytes = 512 << 20;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let handle = tokio::spawn(riffle_server::serve(
-                config,
-                async move {
-                    let _ = stop_rx.await;
-                },
-                move |addrs| {
-                    let _ = tx.send(addrs);
-                },
-            ));
-            let addrs = rx.await.context("server did not start")?;
-            in_process = Some((handle, stop_tx));
-            format!("http://{}", addrs.http)
+            let port = free_port()?;
+            let grpc_port = free_port()?;
+            let spawned = ServerChild(
+                std::process::Command::new(std::env::current_exe()?)
+                    .arg("serve")
+                    .arg("--data-dir")
+                    .arg(dir.join("data"))
+                    .arg("--http-addr")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--grpc-addr")
+                    .arg(format!("127.0.0.1:{grpc_port}"))
+                    .env(
+                        "RIFFLE__INGEST__MAX_INFLIGHT_BYTES",
+                        (512u64 << 20).to_string(),
+                    )
+                    .env("RIFFLE_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting riffle serve")?,
+            );
+            child = Some(spawned);
+            format!("http://127.0.0.1:{port}")
         }
     };
     let client = reqwest::Client::builder()
@@ -386,16 +409,19 @@ async fn bench_ingest(
     println!(
         "bench ingest: {} events as {requests} NDJSON requests of {batch} ad_click events, {connections} connections, server {}",
         requests * batch as u64,
-        if in_process.is_some() { format!("in-process at {base} (client and server share the machine)") } else { base.clone() }
+        if child.is_some() { format!("child process at {base} (load generator and server share the machine)") } else { base.clone() }
     );
-    let rss_start = rss_kib("VmRSS:");
+    let server_pid = child.as_ref().map(|c| c.0.id());
+    let rss_start = server_pid.map_or(0, |pid| rss_kib(pid, "VmRSS:"));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
         let sampling = sampling.clone();
         tokio::spawn(async move {
             let mut samples = Vec::new();
             while sampling.load(Ordering::Relaxed) {
-                samples.push(rss_kib("VmRSS:"));
+                if let Some(pid) = server_pid {
+                    samples.push(rss_kib(pid, "VmRSS:"));
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             samples
@@ -472,20 +498,17 @@ async fn bench_ingest(
         pct(&latencies, 0.99),
         pct(&latencies, 1.0)
     );
-    if in_process.is_some() {
+    if let Some(pid) = server_pid {
         let tail = &samples[samples.len() / 2..];
         println!(
-            "memory (whole process): RSS at start {} MiB, during run min {} / max {} MiB (second half max {} MiB), peak {} MiB",
+            "server memory: RSS at start {} MiB, during run min {} / max {} MiB (second half max {} MiB), peak {} MiB",
             rss_start / 1024,
             samples.iter().min().copied().unwrap_or(0) / 1024,
             samples.iter().max().copied().unwrap_or(0) / 1024,
             tail.iter().max().copied().unwrap_or(0) / 1024,
-            rss_kib("VmHWM:") / 1024
+            rss_kib(pid, "VmHWM:") / 1024
         );
     }
-    if let Some((handle, stop)) = in_process {
-        let _ = stop.send(());
-        handle.await??;
-    }
+    drop(child);
     Ok(())
 }
