@@ -146,6 +146,12 @@ impl Ingestor {
         }
     }
 
+    /// Whether ingest routes events to this topic (such topics hold only
+    /// validated, binary-encoded events).
+    pub fn is_event_topic(&self, topic: &str) -> bool {
+        self.routes.iter().any(|t| &**t == topic)
+    }
+
     pub fn config(&self) -> &IngestConfig {
         &self.config
     }
@@ -269,7 +275,7 @@ impl Ingestor {
 
     /// Like [`Ingestor::append`], with the event type of rejected events
     /// when it could be read (for the rejection metric's label).
-    async fn append_labelled(
+    pub async fn append_labelled(
         &self,
         events: Vec<Result<Event<'_>, (EventError, Option<EventType>)>>,
         topic_override: Option<&str>,

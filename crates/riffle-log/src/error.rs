@@ -29,7 +29,7 @@ pub enum BusError {
     InvalidArgument(String),
     #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
-    #[error("corrupt record batch in {path} at byte {position}: {reason}")]
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
     Corrupt {
         path: PathBuf,
         position: u64,

@@ -80,3 +80,11 @@ pub static RETENTION_DELETED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+pub static CORRUPT_SEGMENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "riffle_log_recovery_corrupt_segments_total",
+        "Closed segments found corrupt while rebuilding their index (kept; reads of the damaged range fail)"
+    )
+    .unwrap()
+});

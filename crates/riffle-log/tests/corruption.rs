@@ -218,3 +218,42 @@ fn missing_or_damaged_index_of_closed_segment_is_rebuilt() {
     let batch = rt().block_on(log.fetch("t", 0, 123, 100)).unwrap();
     assert_eq!(batch.records.iter().next().unwrap().offset, 123);
 }
+
+#[test]
+fn corrupt_closed_segment_without_index_is_not_silently_shortened() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = fill(dir.path(), 40);
+    let files = segments(&pdir);
+    let closed = &files[1];
+    std::fs::remove_file(closed.with_extension("index")).unwrap();
+    let len = std::fs::metadata(closed).unwrap().len();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(closed)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, len / 2).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], len / 2).unwrap();
+
+    let log = EmbeddedLog::open(dir.path(), options()).unwrap();
+    // The segment keeps its bytes: nothing was cut.
+    assert_eq!(std::fs::metadata(closed).unwrap().len(), len);
+    let (values, error) = read_all(&log);
+    assert!(
+        matches!(error, Some(BusError::Corrupt { .. })),
+        "reading through the damage must fail, got {error:?}"
+    );
+    assert_eq!(values, expected(values.len() as u64));
+    let next_base: u64 = files[2]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((values.len() as u64) < next_base);
+    // Offsets after the damaged segment are still served.
+    let batch = rt().block_on(log.fetch("t", 0, next_base, 4096)).unwrap();
+    assert_eq!(batch.records.iter().next().unwrap().offset, next_base);
+}

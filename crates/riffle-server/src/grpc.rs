@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use riffle_core::event::{parse_event, Event, EventBody, EventError, ParseLimits};
+use riffle_core::event::{parse_event, Event, EventBody, EventError, EventType, ParseLimits};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,8 +31,35 @@ fn s(value: &str) -> Cow<'_, str> {
 }
 
 /// Converts one protobuf event; validation is the same as for JSON.
+/// The event type a protobuf event declares through its body, if typed.
+fn declared_type(e: &proto::Event) -> Option<EventType> {
+    use proto::event::Body;
+    Some(match e.body.as_ref()? {
+        Body::Json(_) => return None,
+        Body::AdClick(_) => EventType::AdClick,
+        Body::AdImpression(_) => EventType::AdImpression,
+        Body::StreamStarted(_) => EventType::StreamStarted,
+        Body::StreamHeartbeat(_) => EventType::StreamHeartbeat,
+        Body::StreamEnded(_) => EventType::StreamEnded,
+        Body::ViewerJoined(_) => EventType::ViewerJoined,
+        Body::ViewerLeft(_) => EventType::ViewerLeft,
+        Body::GiftSent(_) => EventType::GiftSent,
+        Body::ChatMessage(_) => EventType::ChatMessage,
+        Body::Follow(_) => EventType::Follow,
+        Body::RecImpression(_) => EventType::RecImpression,
+        Body::RecClick(_) => EventType::RecClick,
+    })
+}
+
 fn convert<'a>(e: &'a proto::Event, limits: &ParseLimits) -> Result<Event<'a>, EventError> {
     use proto::event::Body;
+    let size = prost::Message::encoded_len(e);
+    if size > limits.max_event_bytes {
+        return Err(EventError::TooLarge {
+            size,
+            max: limits.max_event_bytes,
+        });
+    }
     let body = match &e.body {
         Some(Body::Json(json)) => return parse_event(json.as_bytes(), limits),
         Some(Body::AdClick(a)) => EventBody::AdClick {
@@ -155,13 +182,20 @@ impl Ingest for IngestService {
                 )));
             }
             let limits = limits(&services);
-            let parsed: Vec<_> = message.events.iter().map(|e| convert(e, &limits)).collect();
+            let started = std::time::Instant::now();
+            riffle_ingest::metrics::BYTES_RECEIVED.inc_by(size as u64);
+            let parsed: Vec<_> = message
+                .events
+                .iter()
+                .map(|e| convert(e, &limits).map_err(|err| (err, declared_type(e))))
+                .collect();
             let count = parsed.len() as u64;
             let outcome = services
                 .ingestor
-                .append(parsed, None)
+                .append_labelled(parsed, None)
                 .await
                 .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
+            riffle_ingest::metrics::ACK_SECONDS.observe(started.elapsed().as_secs_f64());
             response.accepted += outcome.accepted as u64;
             for rejection in outcome.rejected {
                 let index = base_index + rejection.index as u64;

@@ -358,7 +358,15 @@ async fn read_records(
     let mut next = offset;
     let mut high_watermark = offset;
     while records.len() < max {
-        let fetched = services.bus.fetch(&topic, partition, next, 1 << 20).await?;
+        let fetched = services
+            .bus
+            .fetch(
+                &topic,
+                partition,
+                next,
+                state.config.log.max_read_bytes as usize,
+            )
+            .await?;
         high_watermark = fetched.high_watermark;
         if fetched.records.is_empty() {
             break;
@@ -434,6 +442,11 @@ async fn produce_records(
                 services.ingestor.config().max_events_per_request
             ),
         ));
+    }
+    if services.ingestor.is_event_topic(&topic) {
+        return Err(ApiError::bad_request(format!(
+            "topic: \"{topic}\" carries validated events; send events with POST /v1/events"
+        )));
     }
     let partitions = services.bus.partition_count(&topic).await?;
     let now = services.clock.now_ms();

@@ -50,6 +50,36 @@ pub async fn serve(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("server.data_dir: cannot create {}", data_dir.display()))?;
 
+    // Load TLS material before anything listens, so a bad certificate stops
+    // startup instead of leaving a server that never answers.
+    let (http_tls, tls_identity) = if config.server.tls.enabled {
+        let tls = &config.server.tls;
+        let cert = std::fs::read(&tls.cert_path).with_context(|| {
+            format!(
+                "server.tls.cert_path: cannot read {}",
+                tls.cert_path.display()
+            )
+        })?;
+        let key = std::fs::read(&tls.key_path).with_context(|| {
+            format!(
+                "server.tls.key_path: cannot read {}",
+                tls.key_path.display()
+            )
+        })?;
+        let rustls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.clone(), key.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "server.tls: {} / {} is not a valid PEM certificate and key",
+                    tls.cert_path.display(),
+                    tls.key_path.display()
+                )
+            })?;
+        (Some(rustls), Some((cert, key)))
+    } else {
+        (None, None)
+    };
+
     let http_listener =
         std::net::TcpListener::bind(&config.server.http_addr).with_context(|| {
             format!(
@@ -124,7 +154,7 @@ pub async fn serve(
     let http_task = {
         let mut stop = stop_rx.clone();
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        let tls = config.server.tls.clone();
+        let http_tls = http_tls.clone();
         tokio::spawn(async move {
             let handle = axum_server::Handle::new();
             let stopper = {
@@ -136,19 +166,7 @@ pub async fn serve(
             };
             tokio::spawn(stopper);
             let app = router.into_make_service();
-            if tls.enabled {
-                let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(
-                    &tls.cert_path,
-                    &tls.key_path,
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "server.tls: cannot load {} / {}",
-                        tls.cert_path.display(),
-                        tls.key_path.display()
-                    )
-                })?;
+            if let Some(rustls) = http_tls {
                 axum_server::from_tcp_rustls(http_listener, rustls)
                     .handle(handle)
                     .serve(app)
@@ -168,19 +186,21 @@ pub async fn serve(
         let service = grpc::IngestService {
             services: services_rx.clone(),
         };
-        let tls = config.server.tls.clone();
+        let tls_identity = tls_identity.clone();
+        let max_message = config.ingest.max_body_bytes;
         tokio::spawn(async move {
             let mut builder = tonic::transport::Server::builder();
-            if tls.enabled {
-                let cert = std::fs::read(&tls.cert_path)?;
-                let key = std::fs::read(&tls.key_path)?;
+            if let Some((cert, key)) = tls_identity {
                 builder = builder.tls_config(
                     tonic::transport::ServerTlsConfig::new()
                         .identity(tonic::transport::Identity::from_pem(cert, key)),
                 )?;
             }
             builder
-                .add_service(proto::ingest_server::IngestServer::new(service))
+                .add_service(
+                    proto::ingest_server::IngestServer::new(service)
+                        .max_decoding_message_size(max_message),
+                )
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                     async move {
@@ -208,7 +228,21 @@ pub async fn serve(
     let _ = stop.wait_for(|s| *s).await;
     info!("shutting down: draining connections");
     let http_result = http_task.await.context("http task")?;
-    let grpc_result = grpc_task.await.context("grpc task")?;
+    // Open gRPC streams get the same grace as HTTP connections.
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let grpc_abort = grpc_task.abort_handle();
+    let grpc_result =
+        match tokio::time::timeout(grace + Duration::from_millis(100), grpc_task).await {
+            Ok(joined) => joined.context("grpc task")?,
+            Err(_) => {
+                warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "gRPC streams still open after the grace period; closing them"
+                );
+                grpc_abort.abort();
+                Ok(())
+            }
+        };
     let services = services_tx.borrow().clone();
     if let Some(services) = services {
         let log = services.log.clone();

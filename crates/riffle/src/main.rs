@@ -47,7 +47,8 @@ struct ClientOpts {
         global = true
     )]
     client_data_dir: PathBuf,
-    /// PEM file of a CA to trust for https:// servers (e.g. a self-signed certificate).
+    /// PEM file of the CA that signed the server's certificate, to trust for https:// servers
+    /// (the certificate itself must be a leaf, not a CA).
     #[arg(long, global = true)]
     ca_cert: Option<PathBuf>,
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::segment::{
     index_file_name, scan_segment, segment_file_name, sync_dir, IndexEntry, Segment, SegmentState,
@@ -116,7 +116,13 @@ impl Partition {
                 .map_err(|e| BusError::io(&path, e))?;
             if i < last {
                 segments.push(Arc::new(open_closed_segment(
-                    dir, base, file, &settings, &topic, id, report,
+                    dir,
+                    base,
+                    bases[i + 1],
+                    file,
+                    &settings,
+                    &topic,
+                    id,
                 )?));
             } else {
                 segments.push(Arc::new(recover_active_segment(
@@ -575,14 +581,15 @@ fn grow(segment: &Segment, buf: &mut Vec<u8>, position: u64, len: usize) -> Resu
         .map_err(|e| BusError::io(&segment.log_path, e))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn open_closed_segment(
     dir: &Path,
     base: u64,
+    next_base: u64,
     file: File,
     settings: &PartitionSettings,
     topic: &str,
     partition: u32,
-    report: &mut Vec<Truncation>,
 ) -> Result<Segment> {
     let log_path = dir.join(segment_file_name(base));
     let index_path = dir.join(index_file_name(base));
@@ -620,34 +627,31 @@ fn open_closed_segment(
         "rebuilding index of closed segment"
     );
     let scan = scan_segment(&file, &log_path, base, settings.index_interval)?;
-    if let Some(reason) = &scan.invalid_tail {
-        warn!(topic, partition, base_offset = base, truncated_bytes = scan.file_len - scan.valid_len, %reason, "truncated corrupt tail of closed segment");
-        file.set_len(scan.valid_len)
-            .and_then(|_| file.sync_all())
-            .map_err(|e| BusError::io(&log_path, e))?;
-        metrics::TRUNCATED_BYTES.inc_by(scan.file_len - scan.valid_len);
-        report.push(Truncation {
-            topic: topic.to_string(),
-            partition,
-            segment_base_offset: base,
-            valid_bytes: scan.valid_len,
-            truncated_bytes: scan.file_len - scan.valid_len,
-            reason: reason.clone(),
-        });
-    }
+    // A closed segment was complete and fsynced when it was sealed, so a bad
+    // batch here is corruption, not a torn write. Truncating would silently
+    // drop offsets; instead keep the bytes, index the valid part, and let
+    // reads of the damaged range fail with `Corrupt` (data_loss).
+    let (len, end_offset) = match &scan.invalid_tail {
+        Some(reason) => {
+            error!(topic, partition, base_offset = base, valid_bytes = scan.valid_len, damaged_bytes = scan.file_len - scan.valid_len, first_bad_offset = scan.end_offset, %reason, "closed segment is corrupt; reads of the damaged offsets will fail with data_loss");
+            metrics::CORRUPT_SEGMENTS.inc();
+            (scan.file_len, next_base.max(scan.end_offset))
+        }
+        None => (scan.valid_len, scan.end_offset),
+    };
     let segment = Segment::new(
         dir,
         base,
         file,
         SegmentState {
-            len: scan.valid_len,
-            end_offset: scan.end_offset,
+            len,
+            end_offset,
             max_timestamp: scan.max_timestamp,
             closed: false,
             index: scan.index,
         },
     );
-    segment.close(scan.valid_len, scan.end_offset, scan.max_timestamp)?;
+    segment.close(len, end_offset, scan.max_timestamp)?;
     Ok(segment)
 }
 
