@@ -392,7 +392,7 @@ impl Drop for InflightPermit {
 
 /// The event type of an event that failed validation, if its
 /// `"event_type"` is a known type (only used for metric labels).
-fn sniff_type(json: &[u8]) -> Option<EventType> {
+pub fn sniff_type(json: &[u8]) -> Option<EventType> {
     const KEY: &[u8] = b"\"event_type\"";
     let at = json.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let rest = &json[at..];

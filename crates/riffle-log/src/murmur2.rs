@@ -72,6 +72,35 @@ mod tests {
         }
     }
 
+    /// Partition assignments computed independently with kafka-python's
+    /// `DefaultPartitioner` (a port of Kafka's Java partitioner):
+    /// `(murmur2(key) & 0x7fffffff) % n` for n in 1, 3, 4, 6, 12, 100.
+    #[test]
+    fn matches_independently_computed_kafka_assignments() {
+        let cases: [(&str, u32, [u32; 6]); 6] = [
+            ("ad001", 582937136, [0, 2, 0, 2, 8, 36]),
+            ("ad-42", 4176870007, [0, 2, 3, 5, 11, 59]),
+            ("user-7", 696778364, [0, 2, 0, 2, 8, 64]),
+            ("stream_123", 2219757011, [0, 0, 3, 3, 3, 63]),
+            ("", 275646681, [0, 0, 1, 3, 9, 81]),
+            ("ü-ñ", 3935429338, [0, 2, 2, 2, 2, 90]),
+        ];
+        for (key, unsigned_hash, partitions) in cases {
+            assert_eq!(
+                murmur2(key.as_bytes()) as u32,
+                unsigned_hash,
+                "hash of {key:?}"
+            );
+            for (n, expected) in [1, 3, 4, 6, 12, 100].into_iter().zip(partitions) {
+                assert_eq!(
+                    partition_for_key(key.as_bytes(), n),
+                    expected,
+                    "{key:?} over {n} partitions"
+                );
+            }
+        }
+    }
+
     #[test]
     fn partition_is_positive_hash_modulo() {
         // -973932308 & 0x7fffffff = 1173551340

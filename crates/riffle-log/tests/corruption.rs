@@ -189,8 +189,16 @@ fn corruption_in_a_closed_segment_is_reported_not_served() {
         panic!("expected a corruption error, got {error:?}");
     };
     assert_eq!(&path, closed);
-    // Everything before the corrupt batch was served, and all of it intact.
-    assert_eq!(values, expected(values.len() as u64));
+    // Every record before the corrupt batch (the first of the segment) was
+    // served, intact, and nothing from it on.
+    let closed_base: u64 = closed
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(values, expected(closed_base));
     // Later segments are still readable directly.
     let later_base: u64 = files[2]
         .file_stem()
@@ -252,7 +260,17 @@ fn corrupt_closed_segment_without_index_is_not_silently_shortened() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((values.len() as u64) < next_base);
+    // Reads stop exactly at a batch boundary (10 records per batch) inside
+    // the damaged segment: everything before the bad batch is served.
+    let base: u64 = closed
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(values.len() as u64 > base && (values.len() as u64) < next_base);
+    assert_eq!(values.len() % 10, 0);
     // Offsets after the damaged segment are still served.
     let batch = rt().block_on(log.fetch("t", 0, next_base, 4096)).unwrap();
     assert_eq!(batch.records.iter().next().unwrap().offset, next_base);

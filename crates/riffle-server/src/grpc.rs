@@ -35,7 +35,7 @@ fn s(value: &str) -> Cow<'_, str> {
 fn declared_type(e: &proto::Event) -> Option<EventType> {
     use proto::event::Body;
     Some(match e.body.as_ref()? {
-        Body::Json(_) => return None,
+        Body::Json(json) => return riffle_ingest::ingest::sniff_type(json.as_bytes()),
         Body::AdClick(_) => EventType::AdClick,
         Body::AdImpression(_) => EventType::AdImpression,
         Body::StreamStarted(_) => EventType::StreamStarted,

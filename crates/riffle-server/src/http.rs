@@ -337,7 +337,7 @@ async fn read_records(
     Path((topic, partition)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<RecordsQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecordsOut>, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Read)?;
     let partition = parse_u64_param("partition", &partition)? as u32;
@@ -393,13 +393,24 @@ async fn read_records(
             next = r.offset + 1;
         }
     }
-    Ok(Json(json!({
-        "topic": topic,
-        "partition": partition,
-        "records": records,
-        "next_offset": next,
-        "high_watermark": high_watermark,
-    })))
+    // Serialized as a struct (not through `json!`) so each value keeps the
+    // order it was written in: the event envelope first.
+    Ok(Json(RecordsOut {
+        topic,
+        partition,
+        records,
+        next_offset: next,
+        high_watermark,
+    }))
+}
+
+#[derive(serde::Serialize)]
+struct RecordsOut {
+    topic: String,
+    partition: u32,
+    records: Vec<RecordOut>,
+    next_offset: u64,
+    high_watermark: u64,
 }
 
 #[derive(Deserialize)]

@@ -33,7 +33,9 @@
 //!   tail. On open it is validated batch by batch; the first torn, corrupt or
 //!   out-of-sequence batch and everything after it is truncated and logged
 //!   with the byte count. A closed segment whose index is missing or does not
-//!   match its size is rescanned the same way.
+//!   match its size is rescanned to rebuild the index; damage found there is
+//!   corruption, not a torn write, so the bytes are kept and reads of the
+//!   damaged range fail with `Corrupt` instead of silently skipping offsets.
 //! * Every batch is CRC-checked again whenever it is read: corrupt data is
 //!   reported as `Corrupt`, never returned.
 //! * One writer per partition (a mutex held only for `pwrite`); readers use

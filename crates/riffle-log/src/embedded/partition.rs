@@ -538,11 +538,20 @@ fn read_batches(
             }
             break;
         }
-        let header = BatchHeader::parse(&buf[pos..])
-            .map_err(|reason| segment.corrupt(position + pos as u64, reason))?;
+        // Damage is reported only when it is the next thing to return:
+        // batches before it are served first, so a reader gets every good
+        // record up to the exact corrupt offset.
+        let header = match BatchHeader::parse(&buf[pos..]) {
+            Ok(header) => header,
+            Err(_) if keep_start.is_some() => break,
+            Err(reason) => return Err(segment.corrupt(position + pos as u64, reason)),
+        };
         let total = header.total_len();
         if pos + total > buf.len() {
             if pos + total > available {
+                if keep_start.is_some() {
+                    break;
+                }
                 return Err(
                     segment.corrupt(position + pos as u64, "batch extends past the durable end")
                 );
@@ -552,8 +561,12 @@ fn read_batches(
             }
             grow(segment, &mut buf, position, pos + total)?;
         }
-        validate_batch(&buf[pos..pos + total])
-            .map_err(|reason| segment.corrupt(position + pos as u64, reason))?;
+        if let Err(reason) = validate_batch(&buf[pos..pos + total]) {
+            if keep_start.is_some() {
+                break;
+            }
+            return Err(segment.corrupt(position + pos as u64, reason));
+        }
         if header.next_offset() > min_offset && keep_start.is_none() {
             keep_start = Some(pos);
         }
