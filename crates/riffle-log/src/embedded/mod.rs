@@ -139,7 +139,7 @@ pub(crate) struct Inner {
     txn: Arc<tokio::sync::Mutex<txn::Journal>>,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
-    stop: (Mutex<bool>, Condvar),
+    stop: Arc<(Mutex<bool>, Condvar)>,
     /// Bumped whenever any partition's durable end advances or a group's
     /// membership changes; idle consumers wait on it.
     pub(crate) epoch: Arc<tokio::sync::watch::Sender<u64>>,
@@ -209,7 +209,7 @@ impl EmbeddedLog {
             txn: Arc::new(tokio::sync::Mutex::new(journal)),
             clock,
             closed: AtomicBool::new(false),
-            stop: (Mutex::new(false), Condvar::new()),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
             epoch,
             truncations,
         });
@@ -219,10 +219,12 @@ impl EmbeddedLog {
         }
         let mut threads = vec![flusher.spawn()];
         let weak = Arc::downgrade(&inner);
+        let stop = inner.stop.clone();
+        let interval = inner.options.retention_check_interval;
         threads.push(
             std::thread::Builder::new()
                 .name("riffle-log-retention".into())
-                .spawn(move || retention_loop(weak))
+                .spawn(move || retention_loop(weak, stop, interval))
                 .expect("spawn retention thread"),
         );
         *inner.threads.lock() = threads;
@@ -369,22 +371,27 @@ fn enforce_retention(inner: &Inner) -> Result<u64> {
     Ok(deleted)
 }
 
-fn retention_loop(inner: std::sync::Weak<Inner>) {
+/// Waits without holding the log alive, so dropping the last handle is
+/// never delayed by this thread.
+fn retention_loop(
+    inner: std::sync::Weak<Inner>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    interval: Duration,
+) {
     loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let interval = strong.options.retention_check_interval;
         {
-            let mut stopped = strong.stop.0.lock();
+            let mut stopped = stop.0.lock();
             if *stopped {
                 return;
             }
-            strong.stop.1.wait_for(&mut stopped, interval);
+            stop.1.wait_for(&mut stopped, interval);
             if *stopped {
                 return;
             }
         }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         if let Err(e) = enforce_retention(&strong) {
             warn!(error = %e, "retention failed");
         }
@@ -487,6 +494,11 @@ impl Producer for EmbeddedLog {
         let timer = std::time::Instant::now();
         let never = inner.options.fsync == FsyncPolicy::Never;
         let appended = p.append(&batch, 0, 0, never)?;
+        if inner.closed.load(Ordering::Acquire) {
+            // `close` may already have flushed this partition and stopped the
+            // flusher; make this write durable here rather than wait forever.
+            p.flush()?;
+        }
         if !never {
             let mut durable = p.subscribe_durable();
             inner.flusher.mark_dirty(&p, appended.bytes);
