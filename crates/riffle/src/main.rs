@@ -42,6 +42,7 @@ struct ClientOpts {
     /// Data directory of a local server, where the admin token is read from.
     #[arg(
         long = "data-dir",
+        value_name = "DIR",
         env = "RIFFLE_DATA_DIR",
         default_value = "./riffle-data",
         global = true
@@ -49,7 +50,7 @@ struct ClientOpts {
     client_data_dir: PathBuf,
     /// PEM file of the CA that signed the server's certificate, to trust for https:// servers
     /// (the certificate itself must be a leaf, not a CA).
-    #[arg(long, global = true)]
+    #[arg(long, value_name = "FILE", global = true)]
     ca_cert: Option<PathBuf>,
 }
 
@@ -84,6 +85,7 @@ enum Command {
     },
     /// Print a topic's records as NDJSON.
     Consume {
+        /// Topic to read.
         topic: String,
         /// Where to start: earliest, latest, an offset (applied to every partition) or an RFC 3339 time.
         /// Default: the group's committed offsets with --group, else earliest.
@@ -141,7 +143,9 @@ enum Command {
 enum TopicsCommand {
     /// Create a topic (needs the admin token).
     Create {
+        /// Topic name: 1-200 characters of A-Z a-z 0-9 . _ -
         name: String,
+        /// Number of partitions (default: log.default_partitions, 4).
         #[arg(long)]
         partitions: Option<u32>,
         /// retention.ms; -1 keeps data forever.
@@ -157,24 +161,30 @@ enum TopicsCommand {
     /// List topics.
     List,
     /// Show a topic's partitions with start and end offsets.
-    Describe { name: String },
+    Describe {
+        /// Topic name.
+        name: String,
+    },
     /// Delete a topic and its data (needs the admin token).
-    Delete { name: String },
+    Delete {
+        /// Topic name.
+        name: String,
+    },
 }
 
 #[derive(Args)]
 struct ServeArgs {
     /// Data directory (log, admin token). Default from config: ./riffle-data.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// HTTP listen address. Default from config: 127.0.0.1:8080.
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT")]
     http_addr: Option<String>,
     /// gRPC listen address. Default from config: 127.0.0.1:50051.
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT")]
     grpc_addr: Option<String>,
     /// Extra TOML config files, applied after ./riffle.toml and before RIFFLE__* variables.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     config: Vec<PathBuf>,
 }
 
