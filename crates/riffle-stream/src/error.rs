@@ -1,0 +1,51 @@
+//! Errors of the stream engine, each mapped to one [`ErrorCode`].
+
+use riffle_core::ErrorCode;
+
+pub type Result<T, E = StreamError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// A configuration value is out of range. `field` is the dotted config
+    /// path (`window.size_ms`) so the message points at what to change.
+    #[error("{field}: {value} {reason}")]
+    InvalidConfig {
+        field: &'static str,
+        value: i64,
+        reason: String,
+    },
+    /// Checkpointed state could not be decoded; restoring from it would
+    /// silently change results, so the checkpoint must be rejected.
+    #[error("corrupt {what} snapshot: {reason}")]
+    CorruptSnapshot { what: &'static str, reason: String },
+    /// A snapshot is intact but was written under a configuration that cannot
+    /// be carried over (e.g. a different hash seed).
+    #[error("incompatible {what} snapshot: {reason}")]
+    IncompatibleSnapshot { what: &'static str, reason: String },
+    /// An operator failed while processing; the message names the operator.
+    #[error("operator {operator:?}: {reason}")]
+    Operator { operator: String, reason: String },
+}
+
+impl StreamError {
+    pub(crate) fn invalid(field: &'static str, value: i64, reason: impl Into<String>) -> Self {
+        StreamError::InvalidConfig {
+            field,
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StreamError::InvalidConfig { .. } => ErrorCode::InvalidArgument,
+            StreamError::CorruptSnapshot { .. } => ErrorCode::DataLoss,
+            StreamError::IncompatibleSnapshot { .. } => ErrorCode::FailedPrecondition,
+            StreamError::Operator { .. } => ErrorCode::Internal,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.code().is_retryable()
+    }
+}
