@@ -323,3 +323,46 @@ mod tests {
         assert!(validate_topic_name("").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped at the repository root must always load.
+    #[test]
+    fn shipped_example_config_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../riffle.example.toml");
+        let config = Config::load(&ConfigSources {
+            files: vec![path],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.log.segment_bytes, 128 << 20);
+        assert_eq!(config.ingest.routes["ad_impression"], "ad_clicks");
+        assert_eq!(
+            config.ingest.routes["ad_click"], "ad_clicks",
+            "unlisted routes keep defaults"
+        );
+        assert_eq!(config.telemetry.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn environment_overrides_files() {
+        // Env layering is exercised through figment's Jail so the process
+        // environment of other tests is untouched.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RIFFLE__LOG__FSYNC", "always");
+            jail.set_env("RIFFLE__SERVER__HTTP_ADDR", "127.0.0.1:9000");
+            let config = Config::load(&ConfigSources {
+                use_env: true,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+            assert_eq!(config.log.fsync, FsyncPolicy::Always);
+            assert_eq!(config.server.http_addr, "127.0.0.1:9000");
+            Ok(())
+        });
+    }
+}
