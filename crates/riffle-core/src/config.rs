@@ -165,9 +165,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let log = &self.log;
-        if log.segment_bytes < 4096 {
+        if log.segment_bytes < 4096 || log.segment_bytes > 1 << 30 {
             return Err(ConfigError::new(format!(
-                "log.segment_bytes: {} is below the minimum 4096",
+                "log.segment_bytes: {} is outside 4096..=1073741824 (1 GiB)",
                 log.segment_bytes
             )));
         }

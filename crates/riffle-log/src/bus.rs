@@ -18,6 +18,9 @@ use crate::murmur2::partition_for_key;
 
 pub type Offset = u64;
 
+/// Largest `segment.bytes`: index positions are 32-bit.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TopicPartition {
     pub topic: String,
@@ -76,6 +79,13 @@ impl TopicConfig {
         if self.segment_bytes < 4096 {
             return Err(InvalidArgument(format!(
                 "segment_bytes: {} is below the minimum 4096",
+                self.segment_bytes
+            )));
+        }
+        // Index entries hold 32-bit positions and relative offsets.
+        if self.segment_bytes > MAX_SEGMENT_BYTES {
+            return Err(InvalidArgument(format!(
+                "segment_bytes: {} exceeds the maximum {MAX_SEGMENT_BYTES} (1 GiB)",
                 self.segment_bytes
             )));
         }
