@@ -222,14 +222,16 @@ impl Config {
     }
 }
 
-/// Topic names: 1–200 bytes of `[A-Za-z0-9._-]`, not `.` or `..` (they are
-/// directory names on disk and path segments in the HTTP API).
+/// Topic names: 1–200 bytes of `[A-Za-z0-9._-]`, not starting with `.`
+/// (they are directory names on disk and path segments in the HTTP API).
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err(format!("topic name \"{name}\" must be 1 to 200 characters"));
     }
-    if name == "." || name == ".." {
-        return Err(format!("topic name \"{name}\" is reserved"));
+    // Names starting with '.' are reserved for the log's staging and
+    // deletion directories.
+    if name.starts_with('.') {
+        return Err(format!("topic name \"{name}\" must not start with '.'"));
     }
     if let Some(bad) = name
         .chars()
@@ -320,6 +322,8 @@ mod tests {
         assert!(validate_topic_name("ad_clicks").is_ok());
         assert!(validate_topic_name("a/b").unwrap_err().contains("'/'"));
         assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name(".hidden").is_err());
+        assert!(validate_topic_name("a.b").is_ok());
         assert!(validate_topic_name("").is_err());
     }
 }

@@ -135,7 +135,9 @@ pub async fn append_and_fetch(bus: Arc<dyn EventBus>) -> BusResult {
         .map_err(err)?;
     let mut first = RecordBatch::new();
     first.push(Some(b"k0"), b"v0", 1_000);
-    first.push_with_headers(None, b"v1", 2_000, &[("trace", b"abc")]);
+    first
+        .push_with_headers(None, b"v1", 2_000, &[("trace", b"abc")])
+        .map_err(err)?;
     let base0 = bus.append(&name, 0, first).await.map_err(err)?;
     let mut second = RecordBatch::new();
     second.push(Some(b"k2"), b"", 1_500);

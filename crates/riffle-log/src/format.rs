@@ -60,7 +60,8 @@ impl RecordBatch {
     }
 
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: i64) {
-        self.push_with_headers(key, value, timestamp, &[]);
+        self.push_with_headers(key, value, timestamp, &[])
+            .expect("a record without headers always frames");
     }
 
     pub fn push_with_headers(
@@ -69,7 +70,23 @@ impl RecordBatch {
         value: &[u8],
         timestamp: i64,
         headers: &[(&str, &[u8])],
-    ) {
+    ) -> Result<(), crate::BusError> {
+        // Header counts and names are 16-bit on disk: refuse rather than
+        // write a record whose framing would not parse back.
+        if headers.len() > u16::MAX as usize {
+            return Err(crate::BusError::InvalidArgument(format!(
+                "headers: {} headers exceed the maximum of {} per record",
+                headers.len(),
+                u16::MAX
+            )));
+        }
+        if let Some((k, _)) = headers.iter().find(|(k, _)| k.len() > u16::MAX as usize) {
+            return Err(crate::BusError::InvalidArgument(format!(
+                "headers: a header name of {} bytes exceeds the maximum of {} bytes",
+                k.len(),
+                u16::MAX
+            )));
+        }
         let header_bytes: usize = headers.iter().map(|(k, v)| 6 + k.len() + v.len()).sum();
         let body = 8 + 4 + key.map_or(0, <[u8]>::len) + 4 + value.len() + 2 + header_bytes;
         self.buf.reserve(4 + body);
@@ -102,6 +119,24 @@ impl RecordBatch {
             self.max_ts = self.max_ts.max(timestamp);
         }
         self.count += 1;
+        Ok(())
+    }
+
+    /// Checks that the records parse back exactly (lengths, counts): the
+    /// log refuses a batch that would be unreadable once written.
+    pub fn check_framing(&self) -> Result<(), String> {
+        let mut iter = self.iter();
+        for _ in 0..self.count {
+            match iter.next_checked() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err("fewer records than counted".into()),
+            }
+        }
+        if iter.pos != self.buf.len() {
+            return Err("trailing bytes after the last record".into());
+        }
+        Ok(())
     }
 
     /// Appends a value that the caller encodes straight into the batch buffer
@@ -541,7 +576,9 @@ mod tests {
         let mut batch = RecordBatch::new();
         batch.push(Some(b"k1"), b"v1", 10);
         batch.push(None, b"", 5);
-        batch.push_with_headers(Some(b""), b"v3", 20, &[("h", b"x"), ("empty", b"")]);
+        batch
+            .push_with_headers(Some(b""), b"v3", 20, &[("h", b"x"), ("empty", b"")])
+            .unwrap();
         batch.push_encoded(Some(b"k4"), 7, |out| out.extend_from_slice(b"encoded"));
         let bytes = stored(&batch, 100);
         let header = validate_batch(&bytes).unwrap();
@@ -558,6 +595,21 @@ mod tests {
         assert_eq!(headers, vec![("h", &b"x"[..]), ("empty", &b""[..])]);
         assert_eq!(records[2].value, b"encoded");
         assert_eq!(records[2].key, Some(&b"k4"[..]));
+    }
+
+    #[test]
+    fn oversized_header_names_are_refused_not_truncated() {
+        let mut batch = RecordBatch::new();
+        let long = "h".repeat(70_000);
+        let err = batch
+            .push_with_headers(None, b"v", 0, &[(long.as_str(), b"x")])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("header name of 70000 bytes"),
+            "{err}"
+        );
+        assert!(batch.is_empty());
+        assert!(batch.check_framing().is_ok());
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::proto::ingest_server::Ingest;
 use crate::proto::{self, event, PublishRequest, PublishResponse, Rejection};
 use crate::state::Services;
 
+/// Rejections listed in one Publish response; the rest are only counted.
+pub const MAX_LISTED_REJECTIONS: usize = 10_000;
+
 pub struct IngestService {
     pub services: watch::Receiver<Option<Arc<Services>>>,
 }
@@ -197,7 +200,13 @@ impl Ingest for IngestService {
                 .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
             riffle_ingest::metrics::ACK_SECONDS.observe(started.elapsed().as_secs_f64());
             response.accepted += outcome.accepted as u64;
+            response.rejected_total += outcome.rejected.len() as u64;
             for rejection in outcome.rejected {
+                // The stream may be long: keep memory bounded by listing
+                // only the first rejections; `rejected_total` counts all.
+                if response.rejected.len() >= MAX_LISTED_REJECTIONS {
+                    break;
+                }
                 let index = base_index + rejection.index as u64;
                 let error = rejection
                     .error

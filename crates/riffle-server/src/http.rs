@@ -340,7 +340,8 @@ async fn read_records(
 ) -> Result<Json<RecordsOut>, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Read)?;
-    let partition = parse_u64_param("partition", &partition)? as u32;
+    let partition = u32::try_from(parse_u64_param("partition", &partition)?)
+        .map_err(|_| ApiError::bad_request(format!("partition: {partition} is out of range")))?;
     let max = match &query.max {
         Some(m) => parse_u64_param("max", m)?.clamp(1, 10_000) as usize,
         None => 100,
@@ -357,7 +358,13 @@ async fn read_records(
     let mut records = Vec::with_capacity(max.min(1024));
     let mut next = offset;
     let mut high_watermark = offset;
-    while records.len() < max {
+    // Bound the response by bytes as well as records; `next_offset` tells
+    // the client where to continue.
+    let byte_budget = (state.config.log.max_read_bytes as usize)
+        .saturating_mul(4)
+        .max(1 << 20);
+    let mut bytes = 0usize;
+    while records.len() < max && bytes < byte_budget {
         let fetched = services
             .bus
             .fetch(
@@ -372,9 +379,10 @@ async fn read_records(
             break;
         }
         for r in fetched.records.iter() {
-            if records.len() >= max {
+            if records.len() >= max || bytes >= byte_budget {
                 break;
             }
+            bytes += r.value.len() + r.key.map_or(0, <[u8]>::len);
             let (key, key_base64) = render_key(r.key);
             let (value, value_base64) = render_value(r.value);
             records.push(RecordOut {
@@ -482,12 +490,20 @@ async fn produce_records(
             .map(|(k, v)| (k.as_str(), v.as_bytes()))
             .collect();
         let entry = batches.entry(partition).or_default();
-        entry.0.push_with_headers(
-            record.key.as_deref().map(str::as_bytes),
-            &value_buf,
-            record.timestamp.unwrap_or(now),
-            &headers,
-        );
+        entry
+            .0
+            .push_with_headers(
+                record.key.as_deref().map(str::as_bytes),
+                &value_buf,
+                record.timestamp.unwrap_or(now),
+                &headers,
+            )
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "records[{i}].{}",
+                    e.to_string().trim_start_matches("invalid argument: ")
+                ))
+            })?;
         entry.1.push(i);
     }
     let mut offsets = vec![Value::Null; request.records.len()];

@@ -15,16 +15,35 @@ pub struct Client {
 }
 
 /// Where the token comes from: `--token`/`RIFFLE_TOKEN`, else
-/// `<data-dir>/admin.token` if readable.
-pub fn resolve_token(explicit: Option<String>, data_dir: &Path) -> Option<String> {
+/// `<data-dir>/admin.token` if readable — the latter only for a server on
+/// this machine (loopback), so the local admin token is never sent
+/// elsewhere by accident.
+pub fn resolve_token(explicit: Option<String>, data_dir: &Path, server: &str) -> Option<String> {
     if let Some(token) = explicit.filter(|t| !t.is_empty()) {
         return Some(token);
+    }
+    if !is_loopback_url(server) {
+        return None;
     }
     let path: PathBuf = data_dir.join("admin.token");
     std::fs::read_to_string(path)
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = parsed.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Client {
@@ -35,6 +54,8 @@ impl Client {
     ) -> anyhow::Result<Client> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // A server that accepts but never answers must not hang the CLI.
+            .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(64);
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path)
@@ -108,4 +129,16 @@ pub fn encode(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn admin_token_file_is_only_used_for_loopback_servers() {
+        assert!(super::is_loopback_url("http://127.0.0.1:8080"));
+        assert!(super::is_loopback_url("https://localhost"));
+        assert!(super::is_loopback_url("http://[::1]:9000"));
+        assert!(!super::is_loopback_url("http://10.0.0.5:8080"));
+        assert!(!super::is_loopback_url("https://riffle.example.com"));
+    }
 }

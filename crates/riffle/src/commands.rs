@@ -339,10 +339,42 @@ impl TailSink for HttpSink {
         topic: &str,
         letters: Vec<DeadLetter>,
     ) -> Result<(), SinkError> {
-        let records: Vec<Value> = letters
-            .iter()
-            .map(|l| json!({"key": l.file, "value": l}))
-            .collect();
+        // Escaping can make a dead letter several times larger than its line
+        // (binary junk becomes \u0000 ...): send them in requests that stay
+        // well under the server's body limit, and cut a single huge raw
+        // line rather than be refused forever.
+        const REQUEST_BUDGET: usize = 2 << 20;
+        const MAX_RAW_BYTES: usize = 64 << 10;
+        let mut chunk: Vec<Value> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        for mut letter in letters {
+            if letter.raw.len() > MAX_RAW_BYTES {
+                let mut cut = MAX_RAW_BYTES;
+                while !letter.raw.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                letter.raw.truncate(cut);
+                letter.reason.push_str(" (raw line cut to 64 KiB)");
+            }
+            let record = json!({"key": letter.file, "value": letter});
+            let size = record.to_string().len();
+            if !chunk.is_empty() && chunk_bytes + size > REQUEST_BUDGET {
+                self.post_dead_letters(topic, std::mem::take(&mut chunk))
+                    .await?;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += size;
+            chunk.push(record);
+        }
+        if !chunk.is_empty() {
+            self.post_dead_letters(topic, chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+impl HttpSink {
+    async fn post_dead_letters(&self, topic: &str, records: Vec<Value>) -> Result<(), SinkError> {
         let response = self
             .client
             .request(

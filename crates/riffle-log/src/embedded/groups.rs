@@ -103,20 +103,25 @@ impl Groups {
     pub fn commit(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
         validate_group_name(group)?;
         let mut groups = self.groups.lock();
-        let entry = groups.entry(group.to_string()).or_default();
+        // Build the new state aside and publish it only once it is durable,
+        // so a failed write leaves memory and disk agreeing.
+        let mut next = groups
+            .get(group)
+            .map(|g| g.offsets.clone())
+            .unwrap_or_default();
         for (tp, offset) in offsets {
-            entry
-                .offsets
-                .entry(tp.topic.clone())
+            next.entry(tp.topic.clone())
                 .or_default()
                 .insert(tp.partition, *offset);
         }
         let file = GroupFile {
             group: group.to_string(),
-            offsets: entry.offsets.clone(),
+            offsets: next,
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("group file serializes");
-        write_file_durably(&self.path(group), &bytes)
+        write_file_durably(&self.path(group), &bytes)?;
+        groups.entry(group.to_string()).or_default().offsets = file.offsets;
+        Ok(())
     }
 
     /// Forgets a deleted topic's offsets in every group.

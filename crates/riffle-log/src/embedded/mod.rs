@@ -483,13 +483,7 @@ impl Producer for EmbeddedLog {
         if batch.is_empty() {
             return Err(BusError::InvalidArgument("batch: no records".into()));
         }
-        let size = batch.byte_len() + BATCH_HEADER_LEN;
-        if size > MAX_BATCH_BYTES {
-            return Err(BusError::BatchTooLarge {
-                size,
-                max: MAX_BATCH_BYTES,
-            });
-        }
+        check_batch(&batch)?;
         let p = inner.partition(topic, partition)?;
         let timer = std::time::Instant::now();
         let never = inner.options.fsync == FsyncPolicy::Never;
@@ -608,6 +602,21 @@ impl Admin for EmbeddedLog {
     }
 }
 
+/// Refuses batches the log could not store and read back: over the batch
+/// size limit, or with record framing that does not parse.
+pub(crate) fn check_batch(batch: &RecordBatch) -> Result<()> {
+    let size = batch.byte_len() + BATCH_HEADER_LEN;
+    if size > MAX_BATCH_BYTES {
+        return Err(BusError::BatchTooLarge {
+            size,
+            max: MAX_BATCH_BYTES,
+        });
+    }
+    batch
+        .check_framing()
+        .map_err(|e| BusError::InvalidArgument(format!("batch: {e}")))
+}
+
 pub(crate) async fn commit_offsets(
     inner: &Arc<Inner>,
     group: &str,
@@ -670,6 +679,9 @@ fn create_topic(inner: &Inner, name: &str, config: TopicConfig) -> Result<TopicM
     std::fs::rename(&staging, &final_dir).map_err(|e| BusError::io(&final_dir, e))?;
     sync_dir(&topics_dir)?;
     let topic = open_topic(&final_dir, &inner.options, &inner.epoch, &mut Vec::new())?;
+    // The partition directories were created after the rename: make their
+    // entries durable before anything is acknowledged in them.
+    sync_dir(&final_dir)?;
     topics.insert(name.to_string(), Arc::new(topic));
     info!(
         topic = name,
@@ -684,6 +696,9 @@ fn create_topic(inner: &Inner, name: &str, config: TopicConfig) -> Result<TopicM
 
 fn delete_topic(inner: &Inner, name: &str) -> Result<()> {
     inner.check_open()?;
+    // Not while a transaction is between its commit point and its apply:
+    // it may be writing to this topic. (Runs on a blocking thread.)
+    let _txn = inner.txn.blocking_lock();
     let topic = {
         let mut topics = inner.topics.write();
         topics

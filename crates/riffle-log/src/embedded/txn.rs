@@ -201,7 +201,16 @@ fn apply(inner: &Inner, entry: &Entry) -> Result<Vec<Offset>> {
     let mut bases = Vec::with_capacity(entry.batches.len());
     let mut touched = Vec::new();
     for (topic, partition, base, batch) in &entry.batches {
-        let p = inner.partition(topic, *partition)?;
+        let p = match inner.partition(topic, *partition) {
+            Ok(p) => p,
+            Err(BusError::TopicNotFound(_) | BusError::PartitionNotFound { .. }) => {
+                // Deleted after the commit point: nothing left to apply to.
+                warn!(seq = entry.seq, topic = %topic, partition, "transaction output partition no longer exists; skipping its batch");
+                bases.push(*base);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let end = p.written_end_offset();
         if end == *base {
             p.append(batch, ATTR_TRANSACTIONAL, entry.seq, false)?;
@@ -274,6 +283,7 @@ impl Transaction for EmbeddedTransaction {
         if batch.is_empty() {
             return Ok(());
         }
+        super::check_batch(&batch)?;
         self.batches.push((topic.to_string(), partition, batch));
         Ok(())
     }
@@ -334,6 +344,11 @@ impl Transaction for EmbeddedTransaction {
             };
             journal.next_seq += 1;
             journal.write(&entry)?;
+            // Past the commit point the transaction must complete. If
+            // applying it fails, refuse all further work: reopening the log
+            // replays the journal and finishes it.
+            let inner = self.inner.clone();
+            let applied = (|| -> Result<Vec<Offset>> {
             let mut bases = Vec::with_capacity(entry.batches.len());
             for (topic, partition, base, batch) in &entry.batches {
                 let guard = guards
@@ -358,8 +373,19 @@ impl Transaction for EmbeddedTransaction {
             for (group, offsets) in by_group {
                 self.inner.groups.commit(group, &offsets)?;
             }
-            journal.clear()?;
             Ok(bases)
+            })();
+            match applied {
+                Ok(bases) => {
+                    journal.clear()?;
+                    Ok(bases)
+                }
+                Err(e) => {
+                    inner.closed.store(true, std::sync::atomic::Ordering::Release);
+                    tracing::error!(seq = entry.seq, error = %e, "transaction failed after its commit point; the log refuses further work until reopened, when recovery completes it");
+                    Err(e)
+                }
+            }
         })
         .await
         .map_err(|e| BusError::Backend(e.to_string()))?;
@@ -491,6 +517,67 @@ mod tests {
             .unwrap();
         let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
         assert!(values(&rt, &log).is_empty());
+        log.close().unwrap();
+    }
+
+    /// A committed journal naming a topic deleted since must not stop the
+    /// log from opening; the rest of the transaction is still applied.
+    #[test]
+    fn journal_naming_a_deleted_topic_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        {
+            let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+            rt.block_on(log.create_topic(
+                "out",
+                TopicConfig {
+                    partitions: 1,
+                    retention_ms: -1,
+                    retention_bytes: -1,
+                    segment_bytes: 1 << 20,
+                },
+            ))
+            .unwrap();
+            log.close().unwrap();
+        }
+        let entry = Entry {
+            seq: 3,
+            batches: vec![
+                ("gone".into(), 0, 0, batch(b"lost")),
+                ("out".into(), 0, 0, batch(b"kept")),
+            ],
+            offsets: vec![],
+        };
+        Journal::open(&dir.path().join("txn.journal"))
+            .unwrap()
+            .write(&entry)
+            .unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+        assert_eq!(values(&rt, &log), vec!["kept"]);
+        log.close().unwrap();
+    }
+
+    #[test]
+    fn oversized_transactional_batches_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
+        rt.block_on(log.create_topic(
+            "out",
+            TopicConfig {
+                partitions: 1,
+                retention_ms: -1,
+                retention_bytes: -1,
+                segment_bytes: 1 << 20,
+            },
+        ))
+        .unwrap();
+        let mut txn = rt
+            .block_on(crate::EventBus::begin_transaction(&log, "big"))
+            .unwrap();
+        let huge = vec![b'x'; 65 << 20];
+        let err = txn.append("out", 0, batch(&huge)).unwrap_err();
+        assert!(matches!(err, BusError::BatchTooLarge { .. }), "{err}");
         log.close().unwrap();
     }
 }
