@@ -5,6 +5,7 @@
 mod bench;
 mod client;
 mod commands;
+mod simulate;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,7 +57,7 @@ struct ClientOpts {
 
 impl ClientOpts {
     fn client(&self) -> anyhow::Result<client::Client> {
-        let token = client::resolve_token(self.token.clone(), &self.client_data_dir);
+        let token = client::resolve_token(self.token.clone(), &self.client_data_dir, &self.server);
         client::Client::new(&self.server, token, self.ca_cert.as_deref())
     }
 }
@@ -131,6 +132,11 @@ enum Command {
         once: bool,
         #[command(flatten)]
         client: ClientOpts,
+    },
+    /// Generate workloads (ad click traffic with faults, and its ground truth) to a file or a server.
+    Simulate {
+        #[command(subcommand)]
+        command: simulate::SimulateCommand,
     },
     /// Benchmarks (results go to stdout; record them in docs/benchmarks.md).
     Bench {
@@ -338,6 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .context("tail")
         }
+        Command::Simulate { command } => simulate::run(command).await,
         Command::Bench { command } => {
             init_tracing(LogFormat::Text, "warn");
             bench::run(command).await
