@@ -217,6 +217,24 @@ impl Ingestor {
         topic: Option<&str>,
     ) -> Result<IngestOutcome, IngestError> {
         let _permit = self.admit(body.len())?;
+        self.ingest_admitted(body, format, topic).await
+    }
+
+    /// [`Ingestor::ingest_body`] for a body whose in-flight budget the
+    /// caller already holds (the HTTP server reserves it from
+    /// `Content-Length` before reading the body).
+    pub async fn ingest_admitted(
+        &self,
+        body: &[u8],
+        format: BodyFormat,
+        topic: Option<&str>,
+    ) -> Result<IngestOutcome, IngestError> {
+        if body.len() > self.config.max_body_bytes {
+            return Err(IngestError::BodyTooLarge {
+                size: body.len(),
+                max: self.config.max_body_bytes,
+            });
+        }
         metrics::BYTES_RECEIVED.inc_by(body.len() as u64);
         let started = Instant::now();
         let limits = self.limits();

@@ -108,18 +108,18 @@ async fn post_events(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Ingest)?;
-    let body = request_body(&state, body)?;
+    let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let format = BodyFormat::detect(content_type, &body);
     let outcome = services
         .ingestor
-        .ingest_body(&body, format, query.topic.as_deref())
+        .ingest_admitted(&body, format, query.topic.as_deref())
         .await?;
     Ok(Json(json!({
         "accepted": outcome.accepted,
@@ -182,6 +182,50 @@ async fn create_topic(
 /// The request body, or an API error in the usual JSON shape when axum
 /// refused it (above all the transport size limit, which would otherwise
 /// answer 413 with a plain-text body).
+/// Reads a write request's body only after auth, and only within the
+/// in-flight budget: the budget is reserved from `Content-Length` (or the
+/// maximum body size when the length is not declared) before a byte is
+/// buffered, so slow or concurrent uploads cannot grow memory past it.
+async fn read_admitted_body(
+    state: &AppState,
+    services: &Services,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<(Bytes, riffle_ingest::ingest::InflightPermit), ApiError> {
+    let max = state.config.ingest.max_body_bytes;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared.filter(|len| *len > max) {
+        // Discard (not buffer) a moderately oversized body before answering,
+        // so clients that write the whole body first still read the 413
+        // instead of a reset connection.
+        if len <= max.saturating_mul(2) {
+            use http_body_util::BodyExt;
+            let mut body = body;
+            while let Some(Ok(_frame)) = body.frame().await {}
+        }
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body: {len} bytes exceeds the limit of {max} bytes"),
+        ));
+    }
+    let permit = services.ingestor.admit(declared.unwrap_or(max))?;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("body: exceeds the limit of {max} bytes"),
+            )
+        } else {
+            ApiError::bad_request(format!("body: {e}"))
+        }
+    })?;
+    Ok((bytes, permit))
+}
+
 fn request_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -445,12 +489,11 @@ async fn produce_records(
     State(state): State<AppState>,
     Path(topic): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
     services.auth.check(&headers, Role::Ingest)?;
-    let body = request_body(&state, body)?;
-    let _permit = services.ingestor.admit(body.len())?;
+    let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
     let request: ProduceBody = parse_json_body(&body)?;
     if request.records.len() > services.ingestor.config().max_events_per_request {
         return Err(ApiError::new(

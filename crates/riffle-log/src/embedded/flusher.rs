@@ -103,11 +103,11 @@ impl Flusher {
                     .dirty
                     .store(false, std::sync::atomic::Ordering::Release);
                 if let Err(e) = partition.flush() {
-                    // Waiters stay blocked rather than being told their data is
-                    // durable; the error is loud and the next round retries.
-                    error!(topic = %partition.topic, partition = partition.id, error = %e, "fsync failed");
-                    self.mark_dirty(&partition, 0);
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Never retry an fsync (the kernel may have dropped the
+                    // pages it failed to write): fail the partition and its
+                    // waiters; reopening the log re-validates the segment.
+                    error!(topic = %partition.topic, partition = partition.id, error = %e, "fsync failed; partition refuses writes until the log is reopened");
+                    partition.fail();
                 }
             }
         }

@@ -496,10 +496,13 @@ impl Producer for EmbeddedLog {
         if !never {
             let mut durable = p.subscribe_durable();
             inner.flusher.mark_dirty(&p, appended.bytes);
-            durable
-                .wait_for(|end| *end >= appended.end_offset)
-                .await
-                .map_err(|_| BusError::Closed)?;
+            tokio::select! {
+                biased;
+                done = durable.wait_for(|end| *end >= appended.end_offset) => {
+                    done.map_err(|_| BusError::Closed)?;
+                }
+                error = p.failed() => return Err(error),
+            }
         }
         metrics::APPEND_SECONDS.observe(timer.elapsed().as_secs_f64());
         metrics::APPENDED_RECORDS.inc_by(batch.len() as u64);

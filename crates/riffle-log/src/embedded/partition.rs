@@ -50,6 +50,7 @@ pub(crate) struct Partition {
     durable_end: watch::Sender<u64>,
     pub(crate) dirty: AtomicBool,
     deleted: AtomicBool,
+    failed: watch::Sender<bool>,
     epoch: Arc<watch::Sender<u64>>,
 }
 
@@ -162,6 +163,7 @@ impl Partition {
             durable_end,
             dirty: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
+            failed: watch::channel(false).0,
             epoch,
         })
     }
@@ -195,7 +197,31 @@ impl Partition {
         if self.deleted.load(Ordering::Acquire) {
             return Err(BusError::TopicNotFound(self.topic.to_string()));
         }
+        if *self.failed.borrow() {
+            return Err(self.failure_error());
+        }
         Ok(())
+    }
+
+    fn failure_error(&self) -> BusError {
+        BusError::Backend(format!(
+            "{}/{}: an fsync failed; the partition refuses writes until the log is reopened (recovery re-validates it)",
+            self.topic, self.id
+        ))
+    }
+
+    /// After a failed fsync the kernel may have dropped the dirty pages, so
+    /// retrying could acknowledge lost data: fail the partition instead, and
+    /// every writer waiting on it.
+    pub fn fail(&self) {
+        self.failed.send_replace(true);
+    }
+
+    /// Resolves with an error once the partition has failed.
+    pub async fn failed(&self) -> BusError {
+        let mut rx = self.failed.subscribe();
+        let _ = rx.wait_for(|f| *f).await;
+        self.failure_error()
     }
 
     /// Writes a batch to the page cache (not yet durable). `publish_now`
@@ -618,7 +644,7 @@ fn open_closed_segment(
             let last = IndexEntry::decode(&index_bytes[index_bytes.len() - INDEX_ENTRY_LEN..]);
             if last.position as u64 == len {
                 let end = base + last.rel_offset as u64;
-                return Ok(Segment::new(
+                let segment = Segment::new(
                     dir,
                     base,
                     file,
@@ -629,7 +655,9 @@ fn open_closed_segment(
                         closed: true,
                         index: Vec::new(),
                     },
-                ));
+                );
+                segment.open_index_file()?;
+                return Ok(segment);
             }
         }
     }

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -74,6 +75,9 @@ pub(crate) struct Segment {
     /// The index of the active segment lives here; closed segments read
     /// theirs from the index file so memory does not grow with the topic.
     active_index: RwLock<Vec<IndexEntry>>,
+    /// The open index file of a closed segment. Held so that readers can
+    /// finish even after retention unlinked the file.
+    index_file: parking_lot::Mutex<Option<Arc<File>>>,
 }
 
 impl Segment {
@@ -88,6 +92,7 @@ impl Segment {
             max_timestamp: AtomicI64::new(state.max_timestamp),
             closed: AtomicBool::new(state.closed),
             active_index: RwLock::new(state.index),
+            index_file: parking_lot::Mutex::new(None),
         }
     }
 
@@ -139,6 +144,7 @@ impl Segment {
             .encode(),
         );
         write_file_durably(&self.index_path, &bytes)?;
+        self.open_index_file()?;
         self.publish(len, end, max_ts);
         self.closed.store(true, Ordering::Release);
         index.clear();
@@ -151,6 +157,18 @@ impl Segment {
         file.read_exact_at(&mut buf, i * INDEX_ENTRY_LEN as u64)
             .map_err(|e| BusError::io(&self.index_path, e))?;
         Ok(IndexEntry::decode(&buf))
+    }
+
+    /// The closed segment's index file, opened once and kept open.
+    pub fn open_index_file(&self) -> Result<Arc<File>> {
+        let mut slot = self.index_file.lock();
+        if let Some(file) = slot.as_ref() {
+            return Ok(file.clone());
+        }
+        let file =
+            Arc::new(File::open(&self.index_path).map_err(|e| BusError::io(&self.index_path, e))?);
+        *slot = Some(file.clone());
+        Ok(file)
     }
 
     /// Binary search over the index: the position of the last indexed batch
@@ -167,7 +185,7 @@ impl Segment {
                 });
             }
         }
-        let file = File::open(&self.index_path).map_err(|e| BusError::io(&self.index_path, e))?;
+        let file = self.open_index_file()?;
         let len = file
             .metadata()
             .map_err(|e| BusError::io(&self.index_path, e))?
