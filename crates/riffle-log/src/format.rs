@@ -125,18 +125,7 @@ impl RecordBatch {
     /// Checks that the records parse back exactly (lengths, counts): the
     /// log refuses a batch that would be unreadable once written.
     pub fn check_framing(&self) -> Result<(), String> {
-        let mut iter = self.iter();
-        for _ in 0..self.count {
-            match iter.next_checked() {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Err("fewer records than counted".into()),
-            }
-        }
-        if iter.pos != self.buf.len() {
-            return Err("trailing bytes after the last record".into());
-        }
-        Ok(())
+        check_records(&self.buf, self.count)
     }
 
     /// Appends a value that the caller encodes straight into the batch buffer
@@ -321,23 +310,29 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, String> {
             header.crc
         ));
     }
+    check_records(&bytes[BATCH_HEADER_LEN..total], header.count)?;
+    Ok(header)
+}
+
+/// Checks that `data` holds exactly `count` well-framed records.
+fn check_records(data: &[u8], count: u32) -> Result<(), String> {
     let mut iter = RecordIter {
-        data: &bytes[BATCH_HEADER_LEN..total],
+        data,
         pos: 0,
         next_offset: 0,
-        remaining: header.count,
+        remaining: count,
     };
-    for _ in 0..header.count {
+    for _ in 0..count {
         match iter.next_checked() {
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e),
             None => return Err("fewer records than the header counts".into()),
         }
     }
-    if iter.pos != iter.data.len() {
+    if iter.pos != data.len() {
         return Err("trailing bytes after the last record".into());
     }
-    Ok(header)
+    Ok(())
 }
 
 /// One record, borrowed from a batch buffer.
