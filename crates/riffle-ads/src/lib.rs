@@ -1,0 +1,58 @@
+//! Riffle's ad click aggregation (issue 3, ADR 0002).
+//!
+//! # What exists
+//!
+//! The **aggregate store layer** — the end of the seed's two-queue design:
+//!
+//! ```text
+//! ad click pipeline ──► ad_click_aggregates topic ──► aggregate writer ──► AggregateStore ──► ads queries
+//!                                                                       └─► recalc / reconcile
+//! ```
+//!
+//! * [`AggregateStore`], the trait every backend implements: [`apply`] a
+//!   [`WriteBatch`] of absolute per-minute counts ([`AggregateRow`], keyed by
+//!   [`AggKey`] = minute × ad × filter), top-N rows ([`TopRow`]) and writer
+//!   positions ([`SourcePosition`]) in one transaction; `count` over a
+//!   half-open minute range; `top` / `latest_top`; `scan` for
+//!   reconciliation; `replace_range` for recalculation; `delete_before`
+//!   for retention.
+//! * [`RedbAggregateStore`], the embedded backend (one redb file, fsynced
+//!   commits; format and invariants in [`redb_store`]).
+//! * [`MemoryAggregateStore`], an in-memory backend that doubles as the
+//!   oracle of the model-based tests.
+//! * [`conformance`], the suite every backend passes, instantiated with
+//!   [`aggregate_store_suite!`]; a PostgreSQL backend adds one line to run it.
+//!
+//! # Why the writer is exactly-once
+//!
+//! Rows carry absolute counts, so an upsert is idempotent: applying a row
+//! twice equals applying it once. The writer puts the input position it has
+//! consumed up to into the same batch as the rows it produced; both commit in
+//! one transaction. After a crash it resumes from
+//! [`AggregateStore::position`] and any re-applied rows are harmless.
+//! Positions never move back: a batch from a stale writer is rejected whole
+//! ([`StoreError::PositionRegressed`]) instead of overwriting newer counts
+//! with older ones.
+//!
+//! # Not built yet
+//!
+//! The ad click pipeline (map, keyed per-minute counts, top-N reduce), the
+//! `ad_click_aggregates` topic and the writer that consumes it, the HTTP
+//! queries (`aggregated_count`, `popular_ads`, `filters`), and the recalc /
+//! reconcile commands. They build on this layer.
+//!
+//! [`apply`]: AggregateStore::apply
+
+pub mod conformance;
+mod error;
+mod memory;
+pub mod redb_store;
+mod store;
+
+pub use error::{Result, StoreError};
+pub use memory::MemoryAggregateStore;
+pub use redb_store::RedbAggregateStore;
+pub use store::{
+    AggKey, AggregateRow, AggregateStore, Deleted, SourcePosition, TopRow, WriteBatch, MINUTE_MS,
+    NO_FILTER,
+};
