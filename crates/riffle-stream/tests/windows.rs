@@ -23,11 +23,17 @@ fn spec_strategy() -> impl Strategy<Value = WindowSpec> {
             size_ms: slide_ms * n,
             slide_ms
         }),
-        // anything valid, including uneven sizes
-        (1i64..=2_000, 1i64..=2_000).prop_map(|(a, b)| WindowSpec::Hopping {
-            size_ms: a.max(b),
-            slide_ms: a.min(b),
-        }),
+        // anything valid, including uneven sizes (at most
+        // MAX_WINDOWS_PER_EVENT windows per event, which the assigner
+        // enforces and `too_many_windows_per_event_is_rejected` checks)
+        (1i64..=2_000, 1i64..=2_000)
+            .prop_filter("at most 1024 windows per event", |(a, b)| {
+                (a.max(b) + a.min(b) - 1) / a.min(b) <= riffle_stream::time::MAX_WINDOWS_PER_EVENT
+            })
+            .prop_map(|(a, b)| WindowSpec::Hopping {
+                size_ms: a.max(b),
+                slide_ms: a.min(b),
+            }),
     ]
 }
 
@@ -138,4 +144,22 @@ proptest! {
             expected.into_iter().filter(|w| w.end > watermark).collect();
         prop_assert_eq!(rest, expected_rest);
     }
+}
+
+#[test]
+fn too_many_windows_per_event_is_rejected() {
+    let err = WindowAssigner::new(WindowSpec::Hopping {
+        size_ms: 1025,
+        slide_ms: 1,
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("window.slide_ms") && err.to_string().contains("1025 windows"),
+        "{err}"
+    );
+    assert!(WindowAssigner::new(WindowSpec::Hopping {
+        size_ms: 1024,
+        slide_ms: 1,
+    })
+    .is_ok());
 }
