@@ -223,8 +223,9 @@ impl RecordBatch {
     }
 
     /// Reassembles a batch from the records of a stored batch (used when a
-    /// transaction journal is replayed).
-    pub fn from_parts(buf: Vec<u8>, count: u32, min_ts: i64, max_ts: i64) -> Self {
+    /// transaction journal is replayed). Crate-private so that every public
+    /// way of building a batch frames its records correctly by construction.
+    pub(crate) fn from_parts(buf: Vec<u8>, count: u32, min_ts: i64, max_ts: i64) -> Self {
         RecordBatch {
             buf,
             count,

@@ -146,12 +146,13 @@ fn parse_entry(bytes: &[u8]) -> Option<Entry> {
         let max_ts = r.u64()? as i64;
         let records_len = r.u32()? as usize;
         let records = r.take(records_len)?.to_vec();
-        batches.push((
-            topic,
-            partition,
-            base,
-            RecordBatch::from_parts(records, count, min_ts, max_ts),
-        ));
+        batches.push((topic, partition, base, {
+            let batch = RecordBatch::from_parts(records, count, min_ts, max_ts);
+            // The journal is CRC-checked and was written by us; still,
+            // never replay a batch that would not read back.
+            batch.check_framing().ok()?;
+            batch
+        }));
     }
     let n = r.u32()?;
     let mut offsets = Vec::new();
