@@ -176,6 +176,27 @@ impl Config {
                 "log.default_partitions: must be at least 1",
             ));
         }
+        let ingest = &self.ingest;
+        for (key, value) in [
+            ("ingest.max_body_bytes", ingest.max_body_bytes),
+            ("ingest.max_event_bytes", ingest.max_event_bytes),
+            (
+                "ingest.max_events_per_request",
+                ingest.max_events_per_request,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(format!("{key}: must be at least 1")));
+            }
+        }
+        // A body is admitted against the in-flight budget; a budget smaller
+        // than one body would refuse such bodies with 429 forever.
+        if ingest.max_inflight_bytes < ingest.max_body_bytes {
+            return Err(ConfigError::new(format!(
+                "ingest.max_inflight_bytes: {} is below ingest.max_body_bytes ({})",
+                ingest.max_inflight_bytes, ingest.max_body_bytes
+            )));
+        }
         if self.ingest.topic_partitions == 0 {
             return Err(ConfigError::new(
                 "ingest.topic_partitions: must be at least 1",
@@ -315,6 +336,24 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("ad_klick"), "{err}");
+    }
+
+    #[test]
+    fn ingest_limits_that_would_refuse_everything_are_rejected() {
+        let mut config = Config::defaults();
+        config.ingest.max_inflight_bytes = 1024;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("ingest.max_inflight_bytes: 1024 is below"),
+            "{err}"
+        );
+        let mut config = Config::defaults();
+        config.ingest.max_events_per_request = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("ingest.max_events_per_request: must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]
