@@ -168,6 +168,30 @@ struct Op<'a> {
     operation: &'static str,
 }
 
+/// Writes one count row to both tables; every writer goes through here so
+/// the two indexes never disagree.
+fn insert_count(
+    by_ad: &mut redb::Table<(&str, u32, i64), u64>,
+    by_minute: &mut redb::Table<(i64, &str, u32), u64>,
+    row: &AggregateRow,
+    op: &Op<'_>,
+) -> Result<()> {
+    let key = &row.key;
+    by_ad
+        .insert(
+            (key.ad_id.as_str(), key.filter_id, key.minute_start_ms),
+            row.count,
+        )
+        .at(op)?;
+    by_minute
+        .insert(
+            (key.minute_start_ms, key.ad_id.as_str(), key.filter_id),
+            row.count,
+        )
+        .at(op)?;
+    Ok(())
+}
+
 trait AtOp<T> {
     fn at(self, op: &Op<'_>) -> Result<T>;
 }
@@ -214,19 +238,7 @@ impl AggregateStore for RedbAggregateStore {
             let mut by_ad = txn.open_table(COUNTS_BY_AD).at(&op)?;
             let mut by_minute = txn.open_table(COUNTS_BY_MINUTE).at(&op)?;
             for row in &batch.rows {
-                let key = &row.key;
-                by_ad
-                    .insert(
-                        (key.ad_id.as_str(), key.filter_id, key.minute_start_ms),
-                        row.count,
-                    )
-                    .at(&op)?;
-                by_minute
-                    .insert(
-                        (key.minute_start_ms, key.ad_id.as_str(), key.filter_id),
-                        row.count,
-                    )
-                    .at(&op)?;
+                insert_count(&mut by_ad, &mut by_minute, row, &op)?;
             }
             let mut tops = txn.open_table(TOPS).at(&op)?;
             for top in &batch.tops {
@@ -356,19 +368,7 @@ impl AggregateStore for RedbAggregateStore {
                 }
             }
             for row in rows {
-                let key = &row.key;
-                by_ad
-                    .insert(
-                        (key.ad_id.as_str(), key.filter_id, key.minute_start_ms),
-                        row.count,
-                    )
-                    .at(&op)?;
-                by_minute
-                    .insert(
-                        (key.minute_start_ms, key.ad_id.as_str(), key.filter_id),
-                        row.count,
-                    )
-                    .at(&op)?;
+                insert_count(&mut by_ad, &mut by_minute, row, &op)?;
             }
         }
         txn.commit().at(&op)
