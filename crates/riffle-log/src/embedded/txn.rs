@@ -416,6 +416,16 @@ mod tests {
             .unwrap()
     }
 
+    /// The one-partition `out` topic every test writes to.
+    fn out_config() -> TopicConfig {
+        TopicConfig {
+            partitions: 1,
+            retention_ms: -1,
+            retention_bytes: -1,
+            segment_bytes: 1 << 20,
+        }
+    }
+
     fn batch(value: &[u8]) -> RecordBatch {
         let mut b = RecordBatch::new();
         b.push(None, value, 1);
@@ -437,12 +447,7 @@ mod tests {
     fn journal_past_commit_point_is_applied_once() {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
-        let config = TopicConfig {
-            partitions: 1,
-            retention_ms: -1,
-            retention_bytes: -1,
-            segment_bytes: 1 << 20,
-        };
+        let config = out_config();
         {
             let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
             rt.block_on(log.create_topic("out", config)).unwrap();
@@ -490,16 +495,7 @@ mod tests {
         let rt = rt();
         {
             let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
-            rt.block_on(log.create_topic(
-                "out",
-                TopicConfig {
-                    partitions: 1,
-                    retention_ms: -1,
-                    retention_bytes: -1,
-                    segment_bytes: 1 << 20,
-                },
-            ))
-            .unwrap();
+            rt.block_on(log.create_topic("out", out_config())).unwrap();
             log.close().unwrap();
         }
         let path = dir.path().join("txn.journal");
@@ -529,16 +525,7 @@ mod tests {
         let rt = rt();
         {
             let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
-            rt.block_on(log.create_topic(
-                "out",
-                TopicConfig {
-                    partitions: 1,
-                    retention_ms: -1,
-                    retention_bytes: -1,
-                    segment_bytes: 1 << 20,
-                },
-            ))
-            .unwrap();
+            rt.block_on(log.create_topic("out", out_config())).unwrap();
             log.close().unwrap();
         }
         let entry = Entry {
@@ -563,16 +550,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
         let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
-        rt.block_on(log.create_topic(
-            "out",
-            TopicConfig {
-                partitions: 1,
-                retention_ms: -1,
-                retention_bytes: -1,
-                segment_bytes: 1 << 20,
-            },
-        ))
-        .unwrap();
+        rt.block_on(log.create_topic("out", out_config())).unwrap();
         let mut txn = rt
             .block_on(crate::EventBus::begin_transaction(&log, "big"))
             .unwrap();
