@@ -4,7 +4,7 @@ use riffle_core::ErrorCode;
 
 pub type Result<T, E = StreamError> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// A configuration value is out of range. `field` is the dotted config
     /// path (`window.size_ms`) so the message points at what to change.
@@ -25,6 +25,12 @@ pub enum StreamError {
     /// An operator failed while processing; the message names the operator.
     #[error("operator {operator:?}: {reason}")]
     Operator { operator: String, reason: String },
+    /// A checkpoint file could not be read or written.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+    /// The event bus failed under a task.
+    #[error(transparent)]
+    Bus(#[from] riffle_log::BusError),
 }
 
 impl StreamError {
@@ -42,6 +48,8 @@ impl StreamError {
             StreamError::CorruptSnapshot { .. } => ErrorCode::DataLoss,
             StreamError::IncompatibleSnapshot { .. } => ErrorCode::FailedPrecondition,
             StreamError::Operator { .. } => ErrorCode::Internal,
+            StreamError::Checkpoint { .. } => ErrorCode::Unavailable,
+            StreamError::Bus(error) => error.code(),
         }
     }
 

@@ -15,20 +15,34 @@
 //! * [`operator`] — the operator trait with no-op default hooks and the
 //!   output [`operator::Collector`].
 //!
-//! Not built yet: sources (consumer group, one task per partition), sinks, the
-//! runtime that wires operators into a keyed dataflow and drives watermarks
-//! and checkpoint barriers, the checkpoint store, and metrics. Nothing here
-//! reads from or writes to the bus yet.
+//! * [`runtime`] — one task per input partition: polls the bus, drives an
+//!   operator, commits its output and input offsets in one bus transaction
+//!   every emit interval, checkpoints its state, restores and replays after
+//!   a crash (the protocol is in the module docs and ADR 0002).
+//! * [`checkpoint`] — the checkpoint store trait and its filesystem
+//!   implementation (atomic, checksummed files per task).
+//! * [`metrics`] — per-pipeline Prometheus series.
+//!
+//! Operators that need several partitions at once (the global top-N) are
+//! merged downstream of the tasks; see the ad click pipeline.
 
+pub mod checkpoint;
 pub mod dedup;
 pub mod error;
+pub mod metrics;
 pub mod operator;
+pub mod runtime;
 pub mod time;
 pub mod watermark;
 
+pub use checkpoint::{CheckpointStore, FsCheckpointStore, TaskCheckpoint};
 pub use dedup::{DedupConfig, Deduplicator, Verdict};
 pub use error::{Result, StreamError};
-pub use operator::{CheckpointId, Collector, Operator};
+pub use operator::{CheckpointId, Collector, Operator, OperatorProgress};
+pub use runtime::{
+    run_task, CheckpointInfo, SinkRecord, SourceBatch, TaskConfig, TaskOutcome, TaskSnapshot,
+    TaskStatus,
+};
 pub use time::{SessionMerge, SessionWindows, Window, WindowAssigner, WindowSpec};
 pub use watermark::{
     Lateness, LatenessPolicy, WatermarkConfig, WatermarkSnapshot, WatermarkTracker,

@@ -2,7 +2,7 @@
 //! reduce, …). Every hook except [`Operator::process_batch`] has a default
 //! that does nothing useful, so an operator overrides only what it needs.
 //!
-//! The contract a runtime must honour (the runtime itself is not built yet):
+//! The contract a runtime ([`crate::runtime`]) honours:
 //!
 //! 1. [`Operator::restore`] is called once before any other hook, with the
 //!    bytes the operator returned from [`Operator::handle_checkpoint`] in the
@@ -21,8 +21,25 @@
 
 use crate::error::{Result, StreamError};
 
-/// Identifies a checkpoint; increases by one per checkpoint of a pipeline.
+/// Identifies a checkpoint; increases by one per checkpoint of a task.
 pub type CheckpointId = u64;
+
+/// What an operator reports about itself (see [`Operator::progress`]).
+/// Counters are totals since the operator was created or restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperatorProgress {
+    /// The operator's event-time watermark, once it has one.
+    pub watermark: Option<i64>,
+    /// The largest event time seen.
+    pub max_event_time: Option<i64>,
+    /// Events routed to the late output (beyond the allowed lateness).
+    pub late: u64,
+    /// Events dropped as duplicates.
+    pub duplicates: u64,
+    /// Records that could not be used (undecodable, wrong type); they go to
+    /// the late output with the reason.
+    pub rejected: u64,
+}
 
 /// Where an operator puts its output records. The runtime owns one per task
 /// and reuses its buffer across batches, so emitting does not allocate once
@@ -64,16 +81,37 @@ impl<T> Collector<T> {
 }
 
 /// One step of a dataflow. See the module docs for the calling contract.
+///
+/// `In<'a>` is a whole batch, so a source operator can take a borrowed view
+/// of the records the bus returned ([`crate::runtime::SourceBatch`]) without
+/// copying them, while an in-memory operator takes e.g. a `Vec`.
 pub trait Operator: Send {
-    type In;
+    type In<'a>;
     type Out;
 
     /// A stable name, used in metrics, logs and checkpoint paths.
     fn name(&self) -> &str;
 
     /// Consumes a batch of input records.
-    fn process_batch(&mut self, batch: Vec<Self::In>, out: &mut Collector<Self::Out>)
-        -> Result<()>;
+    fn process_batch<'a>(
+        &mut self,
+        batch: Self::In<'a>,
+        out: &mut Collector<Self::Out>,
+    ) -> Result<()>;
+
+    /// Called by the runtime every emit interval (wall clock `now_ms`), and
+    /// before every checkpoint: the place to emit results changed since the
+    /// last tick (absolute upserts), so emission is batched instead of per
+    /// record.
+    fn handle_tick(&mut self, now_ms: i64, out: &mut Collector<Self::Out>) -> Result<()> {
+        let _ = (now_ms, out);
+        Ok(())
+    }
+
+    /// Counters and event-time progress for metrics and `GET /v1/pipelines`.
+    fn progress(&self) -> OperatorProgress {
+        OperatorProgress::default()
+    }
 
     /// Called when the input watermark advances. Returns the watermark to
     /// forward downstream; the default forwards it unchanged. A window
@@ -135,14 +173,14 @@ mod tests {
     struct Double;
 
     impl Operator for Double {
-        type In = i64;
+        type In<'a> = Vec<i64>;
         type Out = i64;
 
         fn name(&self) -> &str {
             "double"
         }
 
-        fn process_batch(&mut self, batch: Vec<i64>, out: &mut Collector<i64>) -> Result<()> {
+        fn process_batch<'a>(&mut self, batch: Vec<i64>, out: &mut Collector<i64>) -> Result<()> {
             for value in batch {
                 out.collect(value * 2);
             }
@@ -156,6 +194,8 @@ mod tests {
         let mut out = Collector::new();
         op.restore(&[]).unwrap();
         op.process_batch(vec![1, 2], &mut out).unwrap();
+        op.handle_tick(0, &mut out).unwrap();
+        assert_eq!(op.progress(), OperatorProgress::default());
         assert_eq!(op.handle_watermark(10, &mut out).unwrap(), Some(10));
         assert_eq!(op.handle_checkpoint(1, &mut out).unwrap(), Vec::<u8>::new());
         op.handle_commit(1).unwrap();

@@ -82,14 +82,14 @@ impl WindowCount {
 }
 
 impl Operator for WindowCount {
-    type In = Click;
+    type In<'a> = Vec<Click>;
     type Out = Output;
 
     fn name(&self) -> &str {
         "window_count"
     }
 
-    fn process_batch(
+    fn process_batch<'a>(
         &mut self,
         batch: Vec<Click>,
         out: &mut Collector<Output>,

@@ -1,0 +1,108 @@
+//! Metrics of pipeline tasks, registered in the process-wide Prometheus
+//! registry. Every series is labelled by `pipeline` (and `partition` where
+//! it is per task).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
+};
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 4.0,
+    8.0,
+];
+
+pub static RECORDS_IN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_records_in_total",
+        "Input records processed by a pipeline task",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static RECORDS_OUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_records_out_total",
+        "Output records committed by a pipeline task",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static LATE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_late_total",
+        "Events beyond the allowed lateness, written to the late topic",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static DUPLICATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_duplicates_dropped_total",
+        "Events dropped as duplicates of an event_id already counted",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_rejected_total",
+        "Input records a pipeline could not use (written to the late topic with the reason)",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static WATERMARK_LAG_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "riffle_stream_watermark_lag_seconds",
+        "Wall clock minus the task's event-time watermark",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static EMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "riffle_stream_emit_seconds",
+        "Duration of one emit: output records and input offsets in one transaction",
+        &["pipeline"],
+        SECONDS_BUCKETS.to_vec()
+    )
+    .unwrap()
+});
+
+pub static CHECKPOINT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "riffle_stream_checkpoint_seconds",
+        "Duration of one task checkpoint (emit, snapshot, durable write)",
+        &["pipeline"],
+        SECONDS_BUCKETS.to_vec()
+    )
+    .unwrap()
+});
+
+pub static CHECKPOINT_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "riffle_stream_checkpoint_bytes",
+        "Size of a task's last checkpoint",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static FRESHNESS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "riffle_stream_freshness_seconds",
+        "End-to-end freshness: wall clock when a result became queryable minus the append time of the newest input it reflects",
+        &["pipeline"],
+        SECONDS_BUCKETS.to_vec()
+    )
+    .unwrap()
+});
