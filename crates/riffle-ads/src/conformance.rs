@@ -18,7 +18,8 @@ use riffle_core::ErrorCode;
 
 use crate::error::StoreError;
 use crate::store::{
-    AggregateRow, AggregateStore, Deleted, SourcePosition, TopRow, WriteBatch, MINUTE_MS,
+    AggregateRow, AggregateStore, Deleted, PartialTop, SourcePosition, TopRow, WriteBatch,
+    MINUTE_MS,
 };
 
 /// `Err` carries a description of the first violated expectation.
@@ -123,7 +124,7 @@ pub fn empty_store_answers(store: &dyn AggregateStore) -> CheckResult {
         Deleted::default(),
         "delete_before on an empty store"
     );
-    store.replace_range(T0, T0 + M, &[]).map_err(err)?;
+    store.replace_range(T0, T0 + M, &[], &[]).map_err(err)?;
     store.apply(&WriteBatch::default()).map_err(err)?;
     check_eq!(everything(store)?, vec![], "store after empty writes");
     Ok(())
@@ -132,6 +133,7 @@ pub fn empty_store_answers(store: &dyn AggregateStore) -> CheckResult {
 /// Applying the same batch twice leaves exactly what applying it once does.
 pub fn apply_is_idempotent(store: &dyn AggregateStore) -> CheckResult {
     let batch = WriteBatch {
+        partial_tops: vec![],
         rows: rows(&[(T0, "a", 0, 3), (T0, "a", 1, 2), (T0 + M, "b", 0, 9)]),
         tops: vec![top_row(5, 0, T0 + 2 * M, &[("b", 9), ("a", 3)])],
         positions: vec![SourcePosition::new("ad_click_aggregates/0", 17)],
@@ -313,6 +315,7 @@ pub fn scan_orders_and_filters(store: &dyn AggregateStore) -> CheckResult {
 /// batch changes nothing at all.
 pub fn positions_commit_with_rows(store: &dyn AggregateStore) -> CheckResult {
     let first = WriteBatch {
+        partial_tops: vec![],
         rows: rows(&[(T0, "a", 0, 1)]),
         tops: vec![],
         positions: vec![
@@ -345,6 +348,7 @@ pub fn positions_commit_with_rows(store: &dyn AggregateStore) -> CheckResult {
     // A stale writer: partition 0 moves back; nothing of its batch may land,
     // not even the position of partition 1 that would move forward.
     let stale = WriteBatch {
+        partial_tops: vec![],
         rows: rows(&[(T0, "a", 0, 99), (T0, "z", 0, 1)]),
         tops: vec![top_row(1, 0, T0 + M, &[("a", 99)])],
         positions: vec![
@@ -393,6 +397,7 @@ pub fn positions_commit_with_rows(store: &dyn AggregateStore) -> CheckResult {
 
     // An invalid row rejects the batch, positions included.
     let invalid = WriteBatch {
+        partial_tops: vec![],
         rows: rows(&[(T0, "a", 0, 50), (T0 + 1, "a", 0, 1)]),
         tops: vec![],
         positions: vec![SourcePosition::new("ad_click_aggregates/0", 20)],
@@ -414,6 +419,7 @@ pub fn positions_commit_with_rows(store: &dyn AggregateStore) -> CheckResult {
 
     // The same position again (a re-applied batch) is fine, and moves rows.
     let again = WriteBatch {
+        partial_tops: vec![],
         rows: rows(&[(T0, "a", 0, 2)]),
         tops: vec![],
         positions: vec![SourcePosition::new("ad_click_aggregates/0", 10)],
@@ -439,11 +445,16 @@ pub fn positions_commit_with_rows(store: &dyn AggregateStore) -> CheckResult {
 }
 
 /// `replace_range` removes every row of the range (all ads, all filters),
-/// keeps everything outside it and inserts the new rows.
+/// keeps everything outside it and inserts the new rows. Top rows whose
+/// window ends in `(from, to]` go with it; the others stay.
 pub fn replace_range_replaces_exactly_the_range(store: &dyn AggregateStore) -> CheckResult {
-    let top = top_row(5, 0, T0 + M, &[("a", 3)]);
+    // Window ends: T0 (= from, outside), T0+1 (inside), T0+2 (= to, inside),
+    // T0+3 (outside).
+    let kept_at_from = top_row(5, 0, T0, &[("a", 2)]);
+    let kept_after = top_row(5, 0, T0 + 3 * M, &[("a", 6)]);
     store
         .apply(&WriteBatch {
+            partial_tops: vec![],
             rows: rows(&[
                 (T0 - M, "a", 0, 1),
                 (T0, "a", 0, 2),
@@ -452,7 +463,12 @@ pub fn replace_range_replaces_exactly_the_range(store: &dyn AggregateStore) -> C
                 (T0 + M, "c", 0, 5),
                 (T0 + 2 * M, "a", 0, 6),
             ]),
-            tops: vec![top.clone()],
+            tops: vec![
+                kept_at_from.clone(),
+                top_row(5, 0, T0 + M, &[("a", 3)]),
+                top_row(5, 1, T0 + 2 * M, &[("d", 1)]),
+                kept_after.clone(),
+            ],
             positions: vec![SourcePosition::new("ad_click_aggregates/0", 3)],
         })
         .map_err(err)?;
@@ -461,6 +477,7 @@ pub fn replace_range_replaces_exactly_the_range(store: &dyn AggregateStore) -> C
             T0,
             T0 + 2 * M,
             &rows(&[(T0, "a", 0, 20), (T0 + M, "d", 1, 40), (T0 + M, "d", 1, 41)]),
+            &[],
         )
         .map_err(err)?;
     check_eq!(
@@ -490,8 +507,23 @@ pub fn replace_range_replaces_exactly_the_range(store: &dyn AggregateStore) -> C
     );
     check_eq!(
         store.top(5, 0, T0 + M).map_err(err)?,
-        Some(top),
-        "top row after replace_range"
+        None,
+        "top row of a window ending inside the range"
+    );
+    check_eq!(
+        store.top(5, 1, T0 + 2 * M).map_err(err)?,
+        None,
+        "top row of a window ending at to_ms"
+    );
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(kept_at_from),
+        "top row of a window ending at from_ms"
+    );
+    check_eq!(
+        store.top(5, 0, T0 + 3 * M).map_err(err)?,
+        Some(kept_after),
+        "top row of a window ending after the range"
     );
     check_eq!(
         store.position("ad_click_aggregates/0").map_err(err)?,
@@ -501,7 +533,12 @@ pub fn replace_range_replaces_exactly_the_range(store: &dyn AggregateStore) -> C
 
     // Out-of-range rows reject the whole call.
     let before = everything(store)?;
-    let rejected = store.replace_range(T0, T0 + M, &rows(&[(T0, "x", 0, 1), (T0 + M, "x", 0, 1)]));
+    let rejected = store.replace_range(
+        T0,
+        T0 + M,
+        &rows(&[(T0, "x", 0, 1), (T0 + M, "x", 0, 1)]),
+        &[],
+    );
     check_eq!(
         rejected
             .as_ref()
@@ -518,14 +555,14 @@ pub fn replace_range_replaces_exactly_the_range(store: &dyn AggregateStore) -> C
 
     // Replacing with nothing deletes; an empty range changes nothing.
     store
-        .replace_range(T0 + 2 * M, T0 + 2 * M, &[])
+        .replace_range(T0 + 2 * M, T0 + 2 * M, &[], &[])
         .map_err(err)?;
     check_eq!(
         everything(store)?,
         before,
         "rows after replacing an empty range"
     );
-    store.replace_range(T0 - M, T0 + M, &[]).map_err(err)?;
+    store.replace_range(T0 - M, T0 + M, &[], &[]).map_err(err)?;
     check_eq!(
         everything(store)?,
         rows(&[(T0 + M, "d", 1, 41), (T0 + 2 * M, "a", 0, 6)]),
@@ -561,14 +598,14 @@ pub fn replace_range_is_atomic_for_readers(store: &dyn AggregateStore) -> CheckR
     }
     set_a.sort_by(|a, b| a.key.cmp(&b.key));
     set_b.sort_by(|a, b| a.key.cmp(&b.key));
-    store.replace_range(from, to, &set_a).map_err(err)?;
+    store.replace_range(from, to, &set_a, &[]).map_err(err)?;
     let writing = AtomicBool::new(true);
     let rounds = 30;
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let result = (0..rounds).try_for_each(|round| {
                 let rows = if round % 2 == 0 { &set_b } else { &set_a };
-                store.replace_range(from, to, rows).map_err(err)
+                store.replace_range(from, to, rows, &[]).map_err(err)
             });
             writing.store(false, Ordering::SeqCst);
             result
@@ -682,6 +719,7 @@ pub fn top_rows_round_trip(store: &dyn AggregateStore) -> CheckResult {
 pub fn delete_before_is_retention(store: &dyn AggregateStore) -> CheckResult {
     store
         .apply(&WriteBatch {
+            partial_tops: vec![],
             rows: rows(&[
                 (T0 - 2 * M, "a", 0, 1),
                 (T0 - M, "b", 1, 2),
@@ -758,11 +796,11 @@ pub fn bad_parameters_name_the_parameter(store: &dyn AggregateStore) -> CheckRes
         ("window_minutes", store.latest_top(0, 0, T0).map(drop)),
         ("from_ms", store.scan(T0 - 30_000, T0, None).map(drop)),
         ("to_ms", store.scan(T0, T0 - M, Some(0)).map(drop)),
-        ("to_ms", store.replace_range(T0, T0 - M, &[]).map(drop)),
-        ("from_ms", store.replace_range(1, M, &[]).map(drop)),
+        ("to_ms", store.replace_range(T0, T0 - M, &[], &[]).map(drop)),
+        ("from_ms", store.replace_range(1, M, &[], &[]).map(drop)),
         (
             "rows[0].key.ad_id",
-            store.replace_range(T0, T0 + M, &rows(&[(T0, "", 0, 1)])),
+            store.replace_range(T0, T0 + M, &rows(&[(T0, "", 0, 1)]), &[]),
         ),
         ("minute_ms", store.delete_before(T0 + 59_999).map(drop)),
         (
@@ -783,6 +821,7 @@ pub fn bad_parameters_name_the_parameter(store: &dyn AggregateStore) -> CheckRes
         (
             "tops[0].window_minutes",
             store.apply(&WriteBatch {
+                partial_tops: vec![],
                 tops: vec![TopRow {
                     window_minutes: 0,
                     counts: vec![1, 1],
@@ -794,6 +833,7 @@ pub fn bad_parameters_name_the_parameter(store: &dyn AggregateStore) -> CheckRes
         (
             "tops[0].window_end_ms",
             store.apply(&WriteBatch {
+                partial_tops: vec![],
                 tops: vec![TopRow {
                     window_end_ms: T0 + 1,
                     counts: vec![1, 1],
@@ -854,6 +894,651 @@ pub fn bad_parameters_name_the_parameter(store: &dyn AggregateStore) -> CheckRes
     Ok(())
 }
 
+fn partial(
+    partition: u32,
+    limit: u32,
+    window_minutes: u32,
+    filter_id: u32,
+    window_end_ms: i64,
+    ads: &[(&str, u64)],
+) -> PartialTop {
+    PartialTop {
+        partition,
+        limit,
+        top: top_row(window_minutes, filter_id, window_end_ms, ads),
+    }
+}
+
+fn partials_batch(partials: Vec<PartialTop>) -> WriteBatch {
+    WriteBatch {
+        partial_tops: partials,
+        ..WriteBatch::default()
+    }
+}
+
+/// The top rows of `windows` (`(window_minutes, filter_id, window_end_ms)`).
+fn tops_of(
+    store: &dyn AggregateStore,
+    windows: &[(u32, u32, i64)],
+) -> Result<Vec<Option<TopRow>>, String> {
+    windows
+        .iter()
+        .map(|&(window, filter, end)| store.top(window, filter, end).map_err(err))
+        .collect()
+}
+
+/// `result` is an `InvalidArgument` naming `param` (in `param()` and in the
+/// message).
+fn check_invalid<T: std::fmt::Debug>(
+    what: &str,
+    param: &str,
+    result: Result<T, StoreError>,
+) -> CheckResult {
+    let error = match result {
+        Err(error) => error,
+        Ok(value) => return Err(format!("{what}: bad {param} was accepted ({value:?})")),
+    };
+    check_eq!(
+        error.code(),
+        ErrorCode::InvalidArgument,
+        "{what} ({param}): code of {error}"
+    );
+    check_eq!(
+        error.param(),
+        Some(param),
+        "{what}: parameter named by {error}"
+    );
+    check!(
+        error.to_string().contains(param),
+        "{what}: message does not name {param}: {error}"
+    );
+    Ok(())
+}
+
+/// The merged top of a window is the top-N of the union of its partitions'
+/// partials, ranked by count descending then ad id ascending (also across
+/// partitions and at the truncation edge), whatever order the partials and
+/// their entries arrive in; windows and filters never mix.
+pub fn partial_tops_merge_across_partitions(store: &dyn AggregateStore) -> CheckResult {
+    // Entries deliberately unsorted. Ties cross partitions against
+    // partition order: b (partition 2) and c (partition 1) at 8; d
+    // (partition 2) and e (partition 0) at 5, right at the limit of 4.
+    let p0 = partial(0, 4, 5, 0, T0, &[("f", 1), ("e", 5), ("a", 9)]);
+    let p1 = partial(1, 4, 5, 0, T0, &[("g", 0), ("c", 8)]);
+    let p2 = partial(2, 4, 5, 0, T0, &[("d", 5), ("b", 8)]);
+    let merged = top_row(5, 0, T0, &[("a", 9), ("b", 8), ("c", 8), ("d", 5)]);
+    // Partials of the same window land across transactions.
+    store
+        .apply(&partials_batch(vec![p2.clone()]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(top_row(5, 0, T0, &[("b", 8), ("d", 5)])),
+        "merged top of one partition (its entries sorted)"
+    );
+    store
+        .apply(&partials_batch(vec![
+            p0.clone(),
+            partial(0, 4, 5, 1, T0, &[("z", 100)]),
+            partial(1, 4, 10, 0, T0, &[("y", 100)]),
+            partial(0, 4, 5, 0, T0 + M, &[("x", 100)]),
+            p1.clone(),
+        ]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(merged.clone()),
+        "merged top of three partitions"
+    );
+    check_eq!(
+        store.latest_top(5, 0, T0 + M - 1).map_err(err)?,
+        Some(merged),
+        "latest_top sees the merged top"
+    );
+    check_eq!(
+        store.top(5, 1, T0).map_err(err)?,
+        Some(top_row(5, 1, T0, &[("z", 100)])),
+        "merged top of another filter"
+    );
+    check_eq!(
+        store.top(10, 0, T0).map_err(err)?,
+        Some(top_row(10, 0, T0, &[("y", 100)])),
+        "merged top of another window length"
+    );
+    check_eq!(
+        store.top(5, 0, T0 + M).map_err(err)?,
+        Some(top_row(5, 0, T0 + M, &[("x", 100)])),
+        "merged top of another window end"
+    );
+
+    // The same partials in the opposite order, in one batch, rank the same.
+    let moved = |p: &PartialTop| PartialTop {
+        top: TopRow {
+            window_end_ms: T0 + 2 * M,
+            ..p.top.clone()
+        },
+        ..p.clone()
+    };
+    store
+        .apply(&partials_batch(vec![moved(&p1), moved(&p0), moved(&p2)]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0 + 2 * M).map_err(err)?,
+        Some(top_row(
+            5,
+            0,
+            T0 + 2 * M,
+            &[("a", 9), ("b", 8), ("c", 8), ("d", 5)]
+        )),
+        "merged top of partials applied in reverse order"
+    );
+
+    // Within a batch the partials win over a `tops` row of their window, and
+    // a later partial of the same partition wins over an earlier one.
+    store
+        .apply(&WriteBatch {
+            tops: vec![top_row(5, 0, T0 + 3 * M, &[("q", 1000)])],
+            partial_tops: vec![
+                partial(0, 4, 5, 0, T0 + 3 * M, &[("old", 50)]),
+                partial(0, 4, 5, 0, T0 + 3 * M, &[("new", 1)]),
+            ],
+            ..WriteBatch::default()
+        })
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0 + 3 * M).map_err(err)?,
+        Some(top_row(5, 0, T0 + 3 * M, &[("new", 1)])),
+        "merged top of a batch with a tops row and a partition written twice"
+    );
+    check_eq!(everything(store)?, vec![], "partials write no count rows");
+    Ok(())
+}
+
+/// Upserting a partition's partial again replaces that partition's
+/// contribution (its old ads do not linger) and leaves the other partitions'.
+pub fn re_upserting_a_partial_replaces_only_its_partition(
+    store: &dyn AggregateStore,
+) -> CheckResult {
+    let p1 = partial(1, 3, 5, 0, T0, &[("c", 7), ("d", 3)]);
+    store
+        .apply(&partials_batch(vec![
+            partial(0, 3, 5, 0, T0, &[("a", 10), ("b", 4)]),
+            p1.clone(),
+            partial(0, 3, 5, 0, T0 + M, &[("a", 1)]),
+        ]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(top_row(5, 0, T0, &[("a", 10), ("c", 7), ("b", 4)])),
+        "merged top before the upsert"
+    );
+    let update = partials_batch(vec![partial(0, 3, 5, 0, T0, &[("b", 12)])]);
+    store.apply(&update).map_err(err)?;
+    let expected = top_row(5, 0, T0, &[("b", 12), ("c", 7), ("d", 3)]);
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(expected.clone()),
+        "merged top after partition 0 changed"
+    );
+    store.apply(&update).map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(expected),
+        "merged top after the same upsert again"
+    );
+    check_eq!(
+        store.top(5, 0, T0 + M).map_err(err)?,
+        Some(top_row(5, 0, T0 + M, &[("a", 1)])),
+        "partition 0 of another window"
+    );
+
+    // An empty partial still counts as the partition's (empty) contribution.
+    store
+        .apply(&partials_batch(vec![PartialTop {
+            top: top_row(5, 0, T0, &[]),
+            ..p1
+        }]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(top_row(5, 0, T0, &[("b", 12)])),
+        "merged top after partition 1 became empty"
+    );
+    store
+        .apply(&partials_batch(vec![partial(0, 3, 5, 0, T0, &[])]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(top_row(5, 0, T0, &[])),
+        "merged top of a window whose partials are all empty"
+    );
+    Ok(())
+}
+
+/// The merged top keeps the greatest `limit` of the window's stored
+/// partials, breaking a tie at the edge by ad id.
+pub fn partial_top_limit_truncates(store: &dyn AggregateStore) -> CheckResult {
+    store
+        .apply(&partials_batch(vec![
+            partial(0, 2, 5, 0, T0, &[("a", 5), ("b", 4), ("c", 3)]),
+            partial(1, 2, 5, 0, T0, &[("d", 6), ("e", 1)]),
+            // Different limits: the greatest wins.
+            partial(0, 1, 5, 0, T0 + M, &[("a", 5), ("b", 4)]),
+            partial(1, 3, 5, 0, T0 + M, &[("c", 3), ("d", 2)]),
+            // A limit above the union keeps the whole union.
+            partial(0, 10, 5, 0, T0 + 2 * M, &[("a", 1)]),
+            partial(1, 10, 5, 0, T0 + 2 * M, &[("b", 1)]),
+            // Limit 1 and a tie: the smaller ad id.
+            partial(0, 1, 5, 0, T0 + 3 * M, &[("b", 7)]),
+            partial(1, 1, 5, 0, T0 + 3 * M, &[("a", 7)]),
+        ]))
+        .map_err(err)?;
+    let cases = [
+        (T0, top_row(5, 0, T0, &[("d", 6), ("a", 5)])),
+        (
+            T0 + M,
+            top_row(5, 0, T0 + M, &[("a", 5), ("b", 4), ("c", 3)]),
+        ),
+        (T0 + 2 * M, top_row(5, 0, T0 + 2 * M, &[("a", 1), ("b", 1)])),
+        (T0 + 3 * M, top_row(5, 0, T0 + 3 * M, &[("a", 7)])),
+    ];
+    for (end, expected) in cases {
+        check_eq!(
+            store.top(5, 0, end).map_err(err)?,
+            Some(expected),
+            "merged top of the window ending T0+{}",
+            (end - T0) / M
+        );
+    }
+    // The limit is that of the partials stored now: lowering the only large
+    // one shrinks the merged top.
+    store
+        .apply(&partials_batch(vec![partial(
+            1,
+            1,
+            5,
+            0,
+            T0 + M,
+            &[("c", 3), ("d", 2)],
+        )]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0 + M).map_err(err)?,
+        Some(top_row(5, 0, T0 + M, &[("a", 5)])),
+        "merged top after the limits dropped to 1"
+    );
+    Ok(())
+}
+
+/// `replace_range` drops every partial and top row of the windows ending in
+/// `(from, to]`, stores the given partials and re-merges those windows; a
+/// window left without partials loses its top row, windows outside are
+/// untouched, and a partial ending outside the interval rejects the whole
+/// call.
+pub fn replace_range_replaces_partial_tops(store: &dyn AggregateStore) -> CheckResult {
+    store
+        .apply(&WriteBatch {
+            rows: rows(&[(T0 - M, "a", 0, 1), (T0, "a", 0, 2), (T0 + M, "b", 0, 3)]),
+            tops: vec![
+                // Plain top rows (no partials): in range and after it.
+                top_row(5, 1, T0 + M, &[("p", 1)]),
+                top_row(5, 1, T0 + 3 * M, &[("q", 1)]),
+            ],
+            partial_tops: vec![
+                partial(0, 3, 5, 0, T0, &[("a", 9)]),
+                partial(1, 3, 5, 0, T0, &[("b", 8)]),
+                partial(0, 3, 5, 0, T0 + M, &[("a", 7)]),
+                partial(1, 3, 5, 0, T0 + M, &[("b", 6)]),
+                partial(0, 3, 5, 0, T0 + 2 * M, &[("a", 5)]),
+                partial(0, 3, 5, 0, T0 + 3 * M, &[("a", 4)]),
+                partial(0, 3, 10, 0, T0 + 2 * M, &[("a", 3)]),
+            ],
+            positions: vec![SourcePosition::new("ad_click_aggregates/0", 7)],
+        })
+        .map_err(err)?;
+    let windows = [
+        (5, 0, T0),
+        (5, 0, T0 + M),
+        (5, 0, T0 + 2 * M),
+        (5, 0, T0 + 3 * M),
+        (5, 1, T0 + M),
+        (5, 1, T0 + 3 * M),
+        (10, 0, T0 + 2 * M),
+    ];
+    let before = tops_of(store, &windows)?;
+
+    store
+        .replace_range(
+            T0,
+            T0 + 2 * M,
+            &rows(&[(T0, "c", 0, 4)]),
+            &[
+                partial(1, 3, 5, 0, T0 + M, &[("n", 2)]),
+                partial(2, 3, 10, 0, T0 + 2 * M, &[("m", 1)]),
+            ],
+        )
+        .map_err(err)?;
+    let expected = vec![
+        // Ends at from_ms: outside.
+        before[0].clone(),
+        // Both old partitions gone, only the new partial.
+        Some(top_row(5, 0, T0 + M, &[("n", 2)])),
+        // Ends at to_ms: inside, and no partial left.
+        None,
+        before[3].clone(),
+        // A plain top row in range goes too.
+        None,
+        before[5].clone(),
+        // Old partition 0 dropped, new partition 2 stored.
+        Some(top_row(10, 0, T0 + 2 * M, &[("m", 1)])),
+    ];
+    check_eq!(
+        tops_of(store, &windows)?,
+        expected,
+        "top rows after replace_range [T0, T0+2) with partials"
+    );
+    check_eq!(
+        everything(store)?,
+        rows(&[(T0 - M, "a", 0, 1), (T0, "c", 0, 4)]),
+        "rows after replace_range with partials"
+    );
+    check_eq!(
+        store.position("ad_click_aggregates/0").map_err(err)?,
+        Some(7),
+        "position after replace_range with partials"
+    );
+
+    // The dropped partials are really gone and the new ones really stored:
+    // later partials merge with exactly the latter.
+    store
+        .apply(&partials_batch(vec![
+            partial(1, 3, 5, 0, T0 + 2 * M, &[("o", 1)]),
+            partial(0, 3, 5, 0, T0 + M, &[("o", 1)]),
+        ]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0 + 2 * M).map_err(err)?,
+        Some(top_row(5, 0, T0 + 2 * M, &[("o", 1)])),
+        "a window emptied by replace_range gets a new partial"
+    );
+    check_eq!(
+        store.top(5, 0, T0 + M).map_err(err)?,
+        Some(top_row(5, 0, T0 + M, &[("n", 2), ("o", 1)])),
+        "a replaced window gets a partial of another partition"
+    );
+
+    // A partial ending outside (from, to] rejects the call; nothing changes.
+    let rows_before = everything(store)?;
+    let tops_before = tops_of(store, &windows)?;
+    let fine = partial(0, 3, 5, 0, T0 + M, &[("z", 99)]);
+    let replacement = rows(&[(T0, "z", 0, 99)]);
+    check_invalid(
+        "partial ending at from_ms",
+        "partials[1].top.window_end_ms",
+        store.replace_range(
+            T0,
+            T0 + 2 * M,
+            &replacement,
+            &[fine.clone(), partial(0, 3, 5, 0, T0, &[("z", 99)])],
+        ),
+    )?;
+    check_invalid(
+        "partial ending after to_ms",
+        "partials[0].top.window_end_ms",
+        store.replace_range(
+            T0,
+            T0 + 2 * M,
+            &replacement,
+            &[partial(0, 3, 5, 0, T0 + 3 * M, &[("z", 99)]), fine.clone()],
+        ),
+    )?;
+    check_invalid(
+        "partial in an empty range",
+        "partials[0].top.window_end_ms",
+        store.replace_range(T0 + M, T0 + M, &[], &[fine]),
+    )?;
+    check_eq!(
+        everything(store)?,
+        rows_before,
+        "rows after rejected replace_range calls"
+    );
+    check_eq!(
+        tops_of(store, &windows)?,
+        tops_before,
+        "top rows after rejected replace_range calls"
+    );
+
+    // Replacing with no partials clears every window ending in the range.
+    store
+        .replace_range(T0 - M, T0 + 3 * M, &[], &[])
+        .map_err(err)?;
+    check_eq!(
+        tops_of(store, &windows)?,
+        vec![None; windows.len()],
+        "top rows after replace_range without partials"
+    );
+    Ok(())
+}
+
+/// `delete_before` drops the partials of the windows it drops, so a late
+/// partial for such a window merges with nothing stale.
+pub fn delete_before_drops_partial_tops(store: &dyn AggregateStore) -> CheckResult {
+    store
+        .apply(&WriteBatch {
+            rows: rows(&[(T0 - M, "a", 0, 1)]),
+            partial_tops: vec![
+                partial(0, 3, 5, 0, T0, &[("a", 9)]),
+                partial(1, 3, 5, 0, T0, &[("b", 5)]),
+                partial(0, 3, 5, 0, T0 + M, &[("c", 3)]),
+                partial(1, 3, 5, 0, T0 + M, &[("d", 2)]),
+            ],
+            ..WriteBatch::default()
+        })
+        .map_err(err)?;
+    check_eq!(
+        store.delete_before(T0).map_err(err)?,
+        Deleted {
+            count_rows: 1,
+            top_rows: 1
+        },
+        "what delete_before(T0) removed"
+    );
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        None,
+        "merged top of a window ending at the cut"
+    );
+    check_eq!(
+        store.top(5, 0, T0 + M).map_err(err)?,
+        Some(top_row(5, 0, T0 + M, &[("c", 3), ("d", 2)])),
+        "merged top of a window ending after the cut"
+    );
+    // A late partial of partition 1 for the deleted window: partition 0's
+    // deleted partial must not come back.
+    store
+        .apply(&partials_batch(vec![partial(1, 3, 5, 0, T0, &[("b", 6)])]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(top_row(5, 0, T0, &[("b", 6)])),
+        "merged top of a deleted window after a late partial"
+    );
+    // The kept window's partials are all still there.
+    store
+        .apply(&partials_batch(vec![partial(
+            0,
+            3,
+            5,
+            0,
+            T0 + M,
+            &[("c", 4)],
+        )]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0 + M).map_err(err)?,
+        Some(top_row(5, 0, T0 + M, &[("c", 4), ("d", 2)])),
+        "merged top of a kept window after an upsert"
+    );
+    check_eq!(
+        store.delete_before(T0).map_err(err)?,
+        Deleted {
+            count_rows: 0,
+            top_rows: 1
+        },
+        "delete_before(T0) after the late partial"
+    );
+    Ok(())
+}
+
+/// Invalid partial tops are rejected as `InvalidArgument` naming the
+/// element and field, by `apply` and `replace_range`, and change nothing.
+pub fn bad_partial_tops_name_the_parameter(store: &dyn AggregateStore) -> CheckResult {
+    let good = partial(0, 3, 5, 0, T0, &[("a", 1)]);
+    store
+        .apply(&WriteBatch {
+            rows: rows(&[(T0, "a", 0, 1)]),
+            partial_tops: vec![good.clone()],
+            ..WriteBatch::default()
+        })
+        .map_err(err)?;
+    let with_top = |change: fn(&mut TopRow)| {
+        let mut bad = good.clone();
+        change(&mut bad.top);
+        bad
+    };
+    let zero_limit = PartialTop {
+        limit: 0,
+        ..good.clone()
+    };
+    let short_counts = with_top(|top| top.counts.clear());
+    let zero_window = with_top(|top| top.window_minutes = 0);
+    let unaligned = with_top(|top| top.window_end_ms += 1);
+    let in_range = |p: &PartialTop| PartialTop {
+        top: TopRow {
+            window_end_ms: p.top.window_end_ms + M,
+            ..p.top.clone()
+        },
+        ..p.clone()
+    };
+    let apply_partials = |partials: Vec<PartialTop>| store.apply(&partials_batch(partials));
+    let replace = |partials: &[PartialTop]| store.replace_range(T0, T0 + 2 * M, &[], partials);
+    let cases: Vec<(&str, Result<(), StoreError>)> = vec![
+        (
+            "partial_tops[0].limit",
+            apply_partials(vec![zero_limit.clone()]),
+        ),
+        (
+            "partial_tops[1].top.counts",
+            apply_partials(vec![good.clone(), short_counts.clone()]),
+        ),
+        (
+            "partial_tops[0].top.window_minutes",
+            apply_partials(vec![zero_window.clone()]),
+        ),
+        (
+            "partial_tops[0].top.window_end_ms",
+            apply_partials(vec![unaligned.clone()]),
+        ),
+        ("partials[0].limit", replace(&[in_range(&zero_limit)])),
+        (
+            "partials[1].top.counts",
+            replace(&[in_range(&good), in_range(&short_counts)]),
+        ),
+        (
+            "partials[0].top.window_minutes",
+            replace(&[in_range(&zero_window)]),
+        ),
+        (
+            "partials[0].top.window_end_ms",
+            replace(&[in_range(&unaligned)]),
+        ),
+    ];
+    for (index, (param, result)) in cases.into_iter().enumerate() {
+        check_invalid(&format!("case {index}"), param, result)?;
+    }
+    check_eq!(
+        everything(store)?,
+        rows(&[(T0, "a", 0, 1)]),
+        "rows after rejected partial tops"
+    );
+    check_eq!(
+        tops_of(store, &[(5, 0, T0), (5, 0, T0 + M)])?,
+        vec![Some(top_row(5, 0, T0, &[("a", 1)])), None],
+        "top rows after rejected partial tops"
+    );
+    Ok(())
+}
+
+/// A batch with an invalid partial, or a regressed position, lands nothing:
+/// no rows, top rows, positions, nor its valid partials (which would show up
+/// when the window is merged again later).
+pub fn a_rejected_batch_lands_no_partials(store: &dyn AggregateStore) -> CheckResult {
+    let source = "ad_click_aggregates/0";
+    store
+        .apply(&WriteBatch {
+            rows: rows(&[(T0, "a", 0, 1)]),
+            partial_tops: vec![partial(0, 3, 5, 0, T0, &[("a", 1)])],
+            positions: vec![SourcePosition::new(source, 5)],
+            ..WriteBatch::default()
+        })
+        .map_err(err)?;
+    let windows = [(5, 0, T0), (5, 0, T0 + M), (5, 1, T0)];
+    let tops_before = tops_of(store, &windows)?;
+    let rows_before = everything(store)?;
+    let sneaky = partial(1, 3, 5, 0, T0, &[("z", 100)]);
+
+    let invalid = WriteBatch {
+        rows: rows(&[(T0, "a", 0, 99), (T0 + M, "n", 0, 1)]),
+        tops: vec![top_row(5, 1, T0, &[("t", 1)])],
+        partial_tops: vec![sneaky.clone(), partial(0, 0, 5, 0, T0 + M, &[("n", 1)])],
+        positions: vec![SourcePosition::new(source, 6)],
+    };
+    check_invalid(
+        "batch with an invalid partial",
+        "partial_tops[1].limit",
+        store.apply(&invalid),
+    )?;
+    let stale = WriteBatch {
+        rows: rows(&[(T0, "a", 0, 99)]),
+        partial_tops: vec![sneaky],
+        positions: vec![SourcePosition::new(source, 4)],
+        ..WriteBatch::default()
+    };
+    match store.apply(&stale) {
+        Err(StoreError::PositionRegressed { .. }) => {}
+        other => {
+            return Err(format!(
+                "stale batch with partials: expected PositionRegressed, got {other:?}"
+            ))
+        }
+    }
+    check_eq!(
+        everything(store)?,
+        rows_before,
+        "rows after rejected batches"
+    );
+    check_eq!(
+        tops_of(store, &windows)?,
+        tops_before,
+        "top rows after rejected batches"
+    );
+    check_eq!(
+        store.position(source).map_err(err)?,
+        Some(5),
+        "position after rejected batches"
+    );
+    // Re-merging the window shows whether partition 1's partial was stored.
+    store
+        .apply(&partials_batch(vec![partial(0, 3, 5, 0, T0, &[("a", 2)])]))
+        .map_err(err)?;
+    check_eq!(
+        store.top(5, 0, T0).map_err(err)?,
+        Some(top_row(5, 0, T0, &[("a", 2)])),
+        "merged top after rejected batches (a rejected partial was stored)"
+    );
+    Ok(())
+}
+
 /// Instantiates every conformance check as a `#[test]` for one backend.
 /// `$factory` is called once per test and returns a fresh, empty store as
 /// anything implementing `AsRef<dyn AggregateStore>`.
@@ -871,7 +1556,14 @@ macro_rules! aggregate_store_suite {
             replace_range_is_atomic_for_readers,
             top_rows_round_trip,
             delete_before_is_retention,
-            bad_parameters_name_the_parameter);
+            bad_parameters_name_the_parameter,
+            partial_tops_merge_across_partitions,
+            re_upserting_a_partial_replaces_only_its_partition,
+            partial_top_limit_truncates,
+            replace_range_replaces_partial_tops,
+            delete_before_drops_partial_tops,
+            bad_partial_tops_name_the_parameter,
+            a_rejected_batch_lands_no_partials);
     };
     (@tests $factory:expr; $($name:ident),+) => {
         $(

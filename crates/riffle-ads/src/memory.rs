@@ -4,25 +4,55 @@
 //! than fast: one map, keyed `(ad_id, filter_id, minute)` like the redb query
 //! table, and `scan` walks all of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::RwLock;
 
 use crate::error::Result;
 use crate::store::{
     check_batch, check_count_args, check_delete_before, check_latest_top_args, check_position,
-    check_range, check_replace_rows, check_top_args, AggKey, AggregateRow, AggregateStore, Deleted,
-    TopRow, WriteBatch,
+    check_range, check_replace_rows, check_top_args, merge_partials, AggKey, AggregateRow,
+    AggregateStore, Deleted, PartialTop, TopRow, WriteBatch,
 };
 
 type CountKey = (String, u32, i64);
 type TopKey = (u32, u32, i64);
+type PartialKey = (u32, u32, i64, u32);
 
 #[derive(Default)]
 struct State {
     counts: BTreeMap<CountKey, u64>,
     tops: BTreeMap<TopKey, TopRow>,
+    partials: BTreeMap<PartialKey, PartialTop>,
     positions: BTreeMap<String, u64>,
+}
+
+impl State {
+    fn put_partials(&mut self, partials: &[PartialTop]) {
+        let mut touched = BTreeSet::new();
+        for partial in partials {
+            let top = &partial.top;
+            let key = (top.window_minutes, top.filter_id, top.window_end_ms);
+            self.partials
+                .insert((key.0, key.1, key.2, partial.partition), partial.clone());
+            touched.insert(key);
+        }
+        self.remerge(touched);
+    }
+
+    fn remerge(&mut self, windows: BTreeSet<TopKey>) {
+        for key in windows {
+            let range = (key.0, key.1, key.2, 0)..=(key.0, key.1, key.2, u32::MAX);
+            match merge_partials(self.partials.range(range).map(|(_, p)| p)) {
+                Some(top) => {
+                    self.tops.insert(key, top);
+                }
+                None => {
+                    self.tops.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// An in-memory [`AggregateStore`]; nothing survives the process.
@@ -56,6 +86,7 @@ impl AggregateStore for MemoryAggregateStore {
             let key = (top.window_minutes, top.filter_id, top.window_end_ms);
             state.tops.insert(key, top.clone());
         }
+        state.put_partials(&batch.partial_tops);
         for position in &batch.positions {
             state
                 .positions
@@ -129,8 +160,14 @@ impl AggregateStore for MemoryAggregateStore {
         Ok(rows)
     }
 
-    fn replace_range(&self, from_ms: i64, to_ms: i64, rows: &[AggregateRow]) -> Result<()> {
-        check_replace_rows(from_ms, to_ms, rows)?;
+    fn replace_range(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        rows: &[AggregateRow],
+        partials: &[PartialTop],
+    ) -> Result<()> {
+        check_replace_rows(from_ms, to_ms, rows, partials)?;
         let mut state = self.state.write();
         state
             .counts
@@ -138,6 +175,17 @@ impl AggregateStore for MemoryAggregateStore {
         for row in rows {
             state.counts.insert(count_key(&row.key), row.count);
         }
+        let in_range = |end: i64| end > from_ms && end <= to_ms;
+        let mut touched: BTreeSet<TopKey> = state
+            .partials
+            .keys()
+            .filter(|k| in_range(k.2))
+            .map(|k| (k.0, k.1, k.2))
+            .collect();
+        touched.extend(state.tops.keys().filter(|k| in_range(k.2)).copied());
+        state.partials.retain(|k, _| !in_range(k.2));
+        state.put_partials(partials);
+        state.remerge(touched);
         Ok(())
     }
 
@@ -150,6 +198,7 @@ impl AggregateStore for MemoryAggregateStore {
             .retain(|(_, _, minute), _| *minute >= minute_ms);
         let tops_before = state.tops.len();
         state.tops.retain(|(_, _, end), _| *end > minute_ms);
+        state.partials.retain(|(_, _, end, _), _| *end > minute_ms);
         Ok(Deleted {
             count_rows: (counts_before - state.counts.len()) as u64,
             top_rows: (tops_before - state.tops.len()) as u64,

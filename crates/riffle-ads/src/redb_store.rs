@@ -7,6 +7,7 @@
 //! | `counts_by_ad_filter_minute` | `(ad_id: &str, filter_id: u32, minute_ms: i64)` | `count: u64` | `count`: one contiguous range scan per query |
 //! | `counts_by_minute_ad_filter` | `(minute_ms: i64, ad_id: &str, filter_id: u32)` | `count: u64` | `scan`, `replace_range`, `delete_before`: contiguous by time |
 //! | `top_by_window_filter_end` | `(window_minutes: u32, filter_id: u32, window_end_ms: i64)` | JSON `{"ad_ids":[..],"counts":[..]}` | `top`, `latest_top` (reverse range scan) |
+//! | `partial_top_by_window_filter_end_partition` | `(window_minutes: u32, filter_id: u32, window_end_ms: i64, partition: u32)` | JSON `{"limit":n,"ad_ids":[..],"counts":[..]}` | the reduce step: the merged top row of a window is recomputed from its partials in the transaction that changes one |
 //! | `source_positions` | `source: &str` | next offset to read: `u64` | exactly-once resume of writers |
 //! | `meta` | `&str` | `u64` | `format_version` = 1 |
 //!
@@ -19,6 +20,8 @@
 //! * Every minute is a multiple of 60 000 ms; every key's `ad_id` is non-empty.
 //! * A source position only moves forward, and is written in the same
 //!   transaction as the rows it covers.
+//! * A window that has partial tops has the top row [`merge_partials`]
+//!   computes from them; both change in the same transaction.
 //!
 //! Durability: every write transaction commits with redb's default
 //! `Durability::Immediate`, i.e. the data is fsynced before `apply`,
@@ -37,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StoreError};
 use crate::store::{
     check_batch, check_count_args, check_delete_before, check_latest_top_args, check_position,
-    check_range, check_replace_rows, check_top_args, AggregateRow, AggregateStore, Deleted, TopRow,
-    WriteBatch,
+    check_range, check_replace_rows, check_top_args, merge_partials, AggregateRow, AggregateStore,
+    Deleted, PartialTop, TopRow, WriteBatch,
 };
 
 const COUNTS_BY_AD: TableDefinition<(&str, u32, i64), u64> =
@@ -47,6 +50,8 @@ const COUNTS_BY_MINUTE: TableDefinition<(i64, &str, u32), u64> =
     TableDefinition::new("counts_by_minute_ad_filter");
 const TOPS: TableDefinition<(u32, u32, i64), &[u8]> =
     TableDefinition::new("top_by_window_filter_end");
+const PARTIALS: TableDefinition<(u32, u32, i64, u32), &[u8]> =
+    TableDefinition::new("partial_top_by_window_filter_end_partition");
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("source_positions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -111,6 +116,7 @@ impl RedbAggregateStore {
             txn.open_table(COUNTS_BY_AD).at(&op)?;
             txn.open_table(COUNTS_BY_MINUTE).at(&op)?;
             txn.open_table(TOPS).at(&op)?;
+            txn.open_table(PARTIALS).at(&op)?;
             txn.open_table(POSITIONS).at(&op)?;
             let mut meta = txn.open_table(META).at(&op)?;
             let found = meta
@@ -192,6 +198,87 @@ fn insert_count(
     Ok(())
 }
 
+#[derive(Serialize, Deserialize)]
+struct PartialValue {
+    limit: u32,
+    ad_ids: Vec<String>,
+    counts: Vec<u64>,
+}
+
+type TopKey = (u32, u32, i64);
+
+/// Upserts `partials` and recomputes the merged top row of every window in
+/// `touched` (plus the partials' windows) from all of its stored partials.
+fn put_partials(
+    partial_table: &mut redb::Table<(u32, u32, i64, u32), &[u8]>,
+    tops: &mut redb::Table<(u32, u32, i64), &[u8]>,
+    partials: &[PartialTop],
+    mut touched: std::collections::BTreeSet<TopKey>,
+    path: &Path,
+    op: &Op<'_>,
+) -> Result<()> {
+    for partial in partials {
+        let top = &partial.top;
+        let value = serde_json::to_vec(&PartialValue {
+            limit: partial.limit,
+            ad_ids: top.ad_ids.clone(),
+            counts: top.counts.clone(),
+        })
+        .expect("serialising strings and integers to JSON cannot fail");
+        partial_table
+            .insert(
+                (
+                    top.window_minutes,
+                    top.filter_id,
+                    top.window_end_ms,
+                    partial.partition,
+                ),
+                value.as_slice(),
+            )
+            .at(op)?;
+        touched.insert((top.window_minutes, top.filter_id, top.window_end_ms));
+    }
+    for (window_minutes, filter_id, window_end_ms) in touched {
+        let mut stored = Vec::new();
+        let range = (window_minutes, filter_id, window_end_ms, 0u32)
+            ..=(window_minutes, filter_id, window_end_ms, u32::MAX);
+        for entry in partial_table.range(range).at(op)? {
+            let (key, value) = entry.at(op)?;
+            let partition = key.value().3;
+            let value: PartialValue =
+                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "partial top (window_minutes {window_minutes}, filter_id {filter_id}, window_end_ms {window_end_ms}, partition {partition}): {e}"
+                    ),
+                })?;
+            stored.push(PartialTop {
+                partition,
+                limit: value.limit,
+                top: TopRow {
+                    window_end_ms,
+                    window_minutes,
+                    filter_id,
+                    ad_ids: value.ad_ids,
+                    counts: value.counts,
+                },
+            });
+        }
+        match merge_partials(&stored) {
+            Some(top) => {
+                let value = encode_top(&top);
+                tops.insert((window_minutes, filter_id, window_end_ms), value.as_slice())
+                    .at(op)?;
+            }
+            None => {
+                tops.remove((window_minutes, filter_id, window_end_ms))
+                    .at(op)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 trait AtOp<T> {
     fn at(self, op: &Op<'_>) -> Result<T>;
 }
@@ -249,6 +336,15 @@ impl AggregateStore for RedbAggregateStore {
                 )
                 .at(&op)?;
             }
+            let mut partials = txn.open_table(PARTIALS).at(&op)?;
+            put_partials(
+                &mut partials,
+                &mut tops,
+                &batch.partial_tops,
+                Default::default(),
+                &self.path,
+                &op,
+            )?;
             for position in &batch.positions {
                 positions
                     .insert(position.source.as_str(), position.offset)
@@ -350,8 +446,14 @@ impl AggregateStore for RedbAggregateStore {
         Ok(rows)
     }
 
-    fn replace_range(&self, from_ms: i64, to_ms: i64, rows: &[AggregateRow]) -> Result<()> {
-        check_replace_rows(from_ms, to_ms, rows)?;
+    fn replace_range(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        rows: &[AggregateRow],
+        partials: &[PartialTop],
+    ) -> Result<()> {
+        check_replace_rows(from_ms, to_ms, rows, partials)?;
         let op = self.op("replace range");
         let txn = self.db.begin_write().at(&op)?;
         {
@@ -370,6 +472,32 @@ impl AggregateStore for RedbAggregateStore {
             for row in rows {
                 insert_count(&mut by_ad, &mut by_minute, row, &op)?;
             }
+            // Window ends in (from_ms, to_ms]: drop their partials and tops,
+            // then store the new partials and re-merge every such window.
+            let in_range = |end: i64| end > from_ms && end <= to_ms;
+            let mut partial_table = txn.open_table(PARTIALS).at(&op)?;
+            let mut tops = txn.open_table(TOPS).at(&op)?;
+            let mut touched = std::collections::BTreeSet::new();
+            for entry in partial_table
+                .extract_if(|(_, _, end, _), _| in_range(end))
+                .at(&op)?
+            {
+                let (key, _) = entry.at(&op)?;
+                let (m, f, end, _) = key.value();
+                touched.insert((m, f, end));
+            }
+            for entry in tops.extract_if(|(_, _, end), _| in_range(end)).at(&op)? {
+                let (key, _) = entry.at(&op)?;
+                touched.insert(key.value());
+            }
+            put_partials(
+                &mut partial_table,
+                &mut tops,
+                partials,
+                touched,
+                &self.path,
+                &op,
+            )?;
         }
         txn.commit().at(&op)
     }
@@ -398,6 +526,13 @@ impl AggregateStore for RedbAggregateStore {
             for entry in removed_tops {
                 entry.at(&op)?;
                 deleted.top_rows += 1;
+            }
+            let mut partials = txn.open_table(PARTIALS).at(&op)?;
+            for entry in partials
+                .extract_if(|(_, _, window_end_ms, _), _| window_end_ms <= minute_ms)
+                .at(&op)?
+            {
+                entry.at(&op)?;
             }
         }
         txn.commit().at(&op)?;

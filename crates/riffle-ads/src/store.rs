@@ -62,6 +62,55 @@ pub struct TopRow {
     pub counts: Vec<u64>,
 }
 
+/// One partition's top-N of a window: the ads of that input partition only.
+/// Because every click of an ad lands in the partition of its `ad_id`, the
+/// global top-N of a window is exactly the top-N of the union of the
+/// partitions' partial top-Ns (the reduce step). The store keeps the partials
+/// and maintains the merged [`TopRow`] from them in the same transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialTop {
+    pub partition: u32,
+    /// How many entries the merged top keeps (the pipeline's `top_n`).
+    pub limit: u32,
+    pub top: TopRow,
+}
+
+/// Ranks `(count, ad_id)` pairs: more clicks first, then ad id ascending, so
+/// ties have one deterministic order everywhere (pipeline, store, oracle).
+pub fn rank_cmp(a: (u64, &str), b: (u64, &str)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
+}
+
+/// Merges partial tops of one window into the global top (the reduce step).
+/// `None` when there are no partials. An ad listed by several partials (only
+/// possible if the input was repartitioned) gets the sum of its counts
+/// rather than two entries.
+pub fn merge_partials<'a>(partials: impl IntoIterator<Item = &'a PartialTop>) -> Option<TopRow> {
+    let mut merged: Option<TopRow> = None;
+    let mut limit = 0usize;
+    let mut by_ad: std::collections::BTreeMap<&'a str, u64> = std::collections::BTreeMap::new();
+    for partial in partials {
+        limit = limit.max(partial.limit as usize);
+        if merged.is_none() {
+            merged = Some(TopRow {
+                ad_ids: Vec::new(),
+                counts: Vec::new(),
+                ..partial.top.clone()
+            });
+        }
+        for (ad, count) in partial.top.ad_ids.iter().zip(&partial.top.counts) {
+            *by_ad.entry(ad.as_str()).or_default() += *count;
+        }
+    }
+    let mut merged = merged?;
+    let mut entries: Vec<(u64, &'a str)> = by_ad.into_iter().map(|(ad, c)| (c, ad)).collect();
+    entries.sort_by(|a, b| rank_cmp(*a, *b));
+    entries.truncate(limit);
+    merged.ad_ids = entries.iter().map(|(_, ad)| ad.to_string()).collect();
+    merged.counts = entries.iter().map(|(count, _)| *count).collect();
+    Some(merged)
+}
+
 /// How far a writer has consumed one input, e.g. source
 /// `"ad_click_aggregates/3"` (topic/partition). `offset` is the *next*
 /// offset to read (Kafka's committed-offset convention): after a crash the
@@ -87,12 +136,20 @@ impl SourcePosition {
 pub struct WriteBatch {
     pub rows: Vec<AggregateRow>,
     pub tops: Vec<TopRow>,
+    /// Upserted per (window, partition); the merged top of every window they
+    /// touch is recomputed from all its stored partials in the same
+    /// transaction (after `tops`, so it wins over a `tops` row of the same
+    /// window).
+    pub partial_tops: Vec<PartialTop>,
     pub positions: Vec<SourcePosition>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.tops.is_empty() && self.positions.is_empty()
+        self.rows.is_empty()
+            && self.tops.is_empty()
+            && self.partial_tops.is_empty()
+            && self.positions.is_empty()
     }
 }
 
@@ -147,14 +204,22 @@ pub trait AggregateStore: Send + Sync {
     /// materialised: callers (reconcile) walk long ranges in chunks.
     fn scan(&self, from_ms: i64, to_ms: i64, filter: Option<u32>) -> Result<Vec<AggregateRow>>;
 
-    /// In one transaction, deletes every count row with a minute in
-    /// `[from_ms, to_ms)` (all ads, all filters) and inserts `rows`, which must
-    /// all lie in that range (recalculation). Top rows are not touched.
-    fn replace_range(&self, from_ms: i64, to_ms: i64, rows: &[AggregateRow]) -> Result<()>;
+    /// In one transaction (recalculation): deletes every count row with a
+    /// minute in `[from_ms, to_ms)` (all ads, all filters) and inserts `rows`,
+    /// which must all lie in that range; deletes every partial top and top
+    /// row whose window ends in `(from_ms, to_ms]`, inserts `partials` (which
+    /// must all end there) and recomputes the merged tops of those windows.
+    fn replace_range(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        rows: &[AggregateRow],
+        partials: &[PartialTop],
+    ) -> Result<()>;
 
     /// Retention: deletes every count row with a minute before `minute_ms`
-    /// and every top row whose window ends at or before it (the window lies
-    /// wholly before the cut). Positions are kept.
+    /// and every top row and partial top whose window ends at or before it
+    /// (the window lies wholly before the cut). Positions are kept.
     fn delete_before(&self, minute_ms: i64) -> Result<Deleted>;
 }
 
@@ -239,6 +304,9 @@ pub(crate) fn check_batch(batch: &WriteBatch) -> Result<()> {
             ));
         }
     }
+    for (index, partial) in batch.partial_tops.iter().enumerate() {
+        check_partial(&format!("partial_tops[{index}]"), partial)?;
+    }
     for (index, position) in batch.positions.iter().enumerate() {
         let param = format!("positions[{index}].source");
         if position.source.is_empty() {
@@ -257,8 +325,47 @@ pub(crate) fn check_batch(batch: &WriteBatch) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_replace_rows(from_ms: i64, to_ms: i64, rows: &[AggregateRow]) -> Result<()> {
+fn check_partial(param: &str, partial: &PartialTop) -> Result<()> {
+    let top = &partial.top;
+    check_window_minutes(&format!("{param}.top.window_minutes"), top.window_minutes)?;
+    check_aligned(&format!("{param}.top.window_end_ms"), top.window_end_ms)?;
+    if partial.limit == 0 {
+        return Err(StoreError::invalid(
+            format!("{param}.limit"),
+            "must be at least 1",
+        ));
+    }
+    if top.ad_ids.len() != top.counts.len() {
+        return Err(StoreError::invalid(
+            format!("{param}.top.counts"),
+            format!(
+                "has {} entries but ad_ids has {}",
+                top.counts.len(),
+                top.ad_ids.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_replace_rows(
+    from_ms: i64,
+    to_ms: i64,
+    rows: &[AggregateRow],
+    partials: &[PartialTop],
+) -> Result<()> {
     check_range(from_ms, to_ms)?;
+    for (index, partial) in partials.iter().enumerate() {
+        let param = format!("partials[{index}]");
+        check_partial(&param, partial)?;
+        let end = partial.top.window_end_ms;
+        if end <= from_ms || end > to_ms {
+            return Err(StoreError::invalid(
+                format!("{param}.top.window_end_ms"),
+                format!("{end} is outside the replaced window ends ({from_ms}, {to_ms}]"),
+            ));
+        }
+    }
     for (index, row) in rows.iter().enumerate() {
         check_row(index, row)?;
         let minute = row.key.minute_start_ms;
@@ -317,6 +424,109 @@ mod tests {
         assert_eq!(
             check_batch(&batch).unwrap_err().param(),
             Some("positions[1].source")
+        );
+    }
+
+    fn partial(partition: u32, limit: u32, ads: &[(&str, u64)]) -> PartialTop {
+        PartialTop {
+            partition,
+            limit,
+            top: TopRow {
+                window_end_ms: 7 * MINUTE_MS,
+                window_minutes: 5,
+                filter_id: 2,
+                ad_ids: ads.iter().map(|(ad, _)| ad.to_string()).collect(),
+                counts: ads.iter().map(|(_, count)| *count).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn rank_cmp_orders_by_count_desc_then_ad_id_asc() {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        assert_eq!(rank_cmp((5, "z"), (3, "a")), Less);
+        assert_eq!(rank_cmp((3, "a"), (5, "z")), Greater);
+        assert_eq!(rank_cmp((3, "a"), (3, "b")), Less);
+        assert_eq!(rank_cmp((3, "b"), (3, "a")), Greater);
+        assert_eq!(rank_cmp((3, "a"), (3, "a")), Equal);
+        // Byte order of ad ids, as the stores' keys use: "B" < "a" < "aa".
+        let mut entries = vec![(0, "x"), (7, "aa"), (7, "a"), (u64::MAX, "m"), (7, "B")];
+        entries.sort_by(|a, b| rank_cmp(*a, *b));
+        assert_eq!(
+            entries,
+            vec![(u64::MAX, "m"), (7, "B"), (7, "a"), (7, "aa"), (0, "x")]
+        );
+    }
+
+    #[test]
+    fn merge_partials_is_the_ranked_union_cut_at_the_greatest_limit() {
+        assert_eq!(merge_partials(&[]), None);
+
+        // Ties across partitions against partition order, and at the cut.
+        let partials = [
+            partial(0, 2, &[("e", 5), ("a", 9)]),
+            partial(1, 4, &[("c", 8)]),
+            partial(2, 3, &[("d", 5), ("b", 8), ("f", 1)]),
+        ];
+        let merged = merge_partials(&partials).expect("partials given");
+        assert_eq!(
+            (
+                merged.window_minutes,
+                merged.filter_id,
+                merged.window_end_ms
+            ),
+            (5, 2, 7 * MINUTE_MS),
+            "the window comes from the partials"
+        );
+        assert_eq!(merged.ad_ids, ["a", "b", "c", "d"]);
+        assert_eq!(merged.counts, [9, 8, 8, 5]);
+        let mut reversed = partials.clone();
+        reversed.reverse();
+        assert_eq!(merge_partials(&reversed), Some(merged));
+
+        // A limit above the union keeps all of it; limit 1 keeps the best.
+        let all = merge_partials(&[partial(0, 10, &[("b", 1)]), partial(1, 1, &[("a", 1)])])
+            .expect("partials given");
+        assert_eq!(all.ad_ids, ["a", "b"]);
+        let one = merge_partials(&[partial(0, 1, &[("b", 2), ("c", 3)]), partial(1, 1, &[])])
+            .expect("partials given");
+        assert_eq!((one.ad_ids, one.counts), (vec!["c".to_string()], vec![3]));
+
+        // Partials without entries still make an (empty) top row.
+        let empty = merge_partials(&[partial(0, 3, &[])]).expect("partials given");
+        assert!(empty.ad_ids.is_empty() && empty.counts.is_empty());
+    }
+
+    #[test]
+    fn partial_top_errors_name_the_field() {
+        let good = partial(0, 3, &[("a", 1)]);
+        let mut batch = WriteBatch {
+            partial_tops: vec![
+                good.clone(),
+                PartialTop {
+                    limit: 0,
+                    ..good.clone()
+                },
+            ],
+            ..WriteBatch::default()
+        };
+        assert_eq!(
+            check_batch(&batch).unwrap_err().param(),
+            Some("partial_tops[1].limit")
+        );
+        batch.partial_tops[1].limit = 1;
+        batch.partial_tops[1].top.counts.push(2);
+        assert_eq!(
+            check_batch(&batch).unwrap_err().param(),
+            Some("partial_tops[1].top.counts")
+        );
+        let end = good.top.window_end_ms;
+        assert!(check_replace_rows(end - MINUTE_MS, end, &[], std::slice::from_ref(&good)).is_ok());
+        assert_eq!(
+            check_replace_rows(end, end + MINUTE_MS, &[], &[good])
+                .unwrap_err()
+                .param(),
+            Some("partials[0].top.window_end_ms")
         );
     }
 }

@@ -11,13 +11,14 @@ const T0: i64 = 28_333_333 * MINUTE_MS;
 
 fn batch() -> WriteBatch {
     WriteBatch {
+        partial_tops: vec![],
         rows: vec![
             AggregateRow::new(T0, "a", 0, 7),
             AggregateRow::new(T0 + MINUTE_MS, "a", 0, 5),
             AggregateRow::new(T0, "b", 2, 1),
         ],
         tops: vec![TopRow {
-            window_end_ms: T0 + 2 * MINUTE_MS,
+            window_end_ms: T0 + 3 * MINUTE_MS,
             window_minutes: 2,
             filter_id: 0,
             ad_ids: vec!["a".into()],
@@ -39,6 +40,7 @@ fn reopen_keeps_rows_tops_and_positions_together() {
                 T0 + MINUTE_MS,
                 T0 + 2 * MINUTE_MS,
                 &[AggregateRow::new(T0 + MINUTE_MS, "c", 1, 3)],
+                &[],
             )
             .unwrap();
     }
