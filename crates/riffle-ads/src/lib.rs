@@ -45,14 +45,25 @@
 
 pub mod conformance;
 mod error;
+pub mod filter;
 mod memory;
+pub mod metrics;
+pub mod operator;
+pub mod query;
+pub mod records;
+pub mod recount;
 pub mod redb_store;
+pub mod service;
 mod store;
+pub mod writer;
 
 pub use error::{Result, StoreError};
+pub use filter::{FilterInfo, FilterSet};
 pub use memory::MemoryAggregateStore;
+pub use operator::{AdClickOperator, AdsSpec};
 pub use redb_store::RedbAggregateStore;
+pub use service::{AdsPipeline, PipelineReport};
 pub use store::{
-    AggKey, AggregateRow, AggregateStore, Deleted, SourcePosition, TopRow, WriteBatch, MINUTE_MS,
-    NO_FILTER,
+    merge_partials, rank_cmp, AggKey, AggregateRow, AggregateStore, Deleted, PartialTop,
+    SourcePosition, TopRow, WriteBatch, MINUTE_MS, NO_FILTER,
 };

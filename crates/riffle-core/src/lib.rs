@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod net;
 pub mod time;
 
 pub use error::ErrorCode;

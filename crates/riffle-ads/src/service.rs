@@ -1,0 +1,545 @@
+//! The running ad click pipeline: one [`AdClickOperator`] task per input
+//! partition, the aggregate writer, retention of the store, and the status
+//! that `GET /v1/pipelines` and the `complete` flag of queries read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use riffle_core::config::AdsConfig;
+use riffle_core::time::Clock;
+use riffle_log::{BusError, EventBus, TopicConfig};
+use riffle_stream::{run_task, CheckpointStore, TaskConfig, TaskSnapshot, TaskStatus};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::filter::FilterInfo;
+use crate::metrics;
+use crate::operator::{AdClickOperator, AdsSpec};
+use crate::recount::{recount, RecountError};
+use crate::store::{AggregateStore, MINUTE_MS};
+use crate::writer::{run_writer, WriterConfig, WriterSnapshot, WriterStatus};
+
+/// How often retention runs over the aggregate store.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_POLL_BYTES: usize = 1 << 20;
+
+/// A started pipeline. Cheap to share; queries read it concurrently.
+pub struct AdsPipeline {
+    spec: Arc<AdsSpec>,
+    config: AdsConfig,
+    bus: Arc<dyn EventBus>,
+    store: Arc<dyn AggregateStore>,
+    clock: Arc<dyn Clock>,
+    tasks: Vec<Arc<TaskStatus>>,
+    writer: Arc<WriterStatus>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    recalcs: Mutex<BTreeMap<u64, Arc<Mutex<RecalcStatus>>>>,
+}
+
+/// Most mismatches listed in one reconciliation report (all are counted).
+pub const MAX_LISTED_MISMATCHES: usize = 10_000;
+
+/// One stored count that differs from the recount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    pub ad_id: String,
+    pub minute: i64,
+    pub filter_id: u32,
+    pub stored: u64,
+    pub expected: u64,
+}
+
+/// The answer of a reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    pub from: i64,
+    pub to: i64,
+    pub stored_rows: u64,
+    pub expected_rows: u64,
+    /// Sum of the unfiltered counts (filter 0) in the store and recounted.
+    pub stored_total: u64,
+    pub expected_total: u64,
+    pub mismatch_count: u64,
+    /// Ordered by (minute, ad_id, filter_id); at most
+    /// [`MAX_LISTED_MISMATCHES`].
+    pub mismatches: Vec<Mismatch>,
+    pub truncated: bool,
+    pub records_read: u64,
+}
+
+/// A recalculation job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecalcStatus {
+    pub id: u64,
+    pub from: i64,
+    pub to: i64,
+    /// `running`, `done` or `failed`.
+    pub state: &'static str,
+    pub records_read: u64,
+    pub records_total: u64,
+    pub rows_written: u64,
+    pub partial_tops_written: u64,
+    pub error: Option<String>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+/// One task in `GET /v1/pipelines`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    #[serde(flatten)]
+    pub task: TaskSnapshot,
+    /// Records in the input partition not yet processed.
+    pub lag: u64,
+    /// Whether the partition is idle (caught up and quiet for
+    /// `idle_timeout_ms`), so it does not hold back the watermark.
+    pub idle: bool,
+}
+
+/// One pipeline in `GET /v1/pipelines`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineReport {
+    pub name: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub late_topic: String,
+    /// The pipeline watermark: the minimum over non-idle partitions (wall
+    /// clock − out-of-orderness when all are idle); `null` before data.
+    pub watermark: Option<i64>,
+    pub lag: u64,
+    pub partitions: Vec<PartitionReport>,
+    pub writer: WriterSnapshot,
+}
+
+/// Creates `name` with `partitions` partitions if missing; fails if it
+/// exists with fewer.
+async fn ensure_topic(
+    bus: &dyn EventBus,
+    name: &str,
+    partitions: u32,
+    template: &TopicConfig,
+) -> Result<u32, String> {
+    match bus.partition_count(name).await {
+        Ok(existing) if existing >= partitions => Ok(existing),
+        Ok(existing) => Err(format!(
+            "topic {name:?} has {existing} partitions, the pipeline needs at least {partitions}"
+        )),
+        Err(BusError::TopicNotFound(_)) => {
+            let config = TopicConfig {
+                partitions,
+                ..template.clone()
+            };
+            match bus.create_topic(name, config).await {
+                Ok(_) | Err(BusError::TopicExists(_)) => Ok(partitions),
+                Err(error) => Err(format!("creating topic {name:?}: {error}")),
+            }
+        }
+        Err(error) => Err(format!("topic {name:?}: {error}")),
+    }
+}
+
+impl AdsPipeline {
+    /// Creates the topics it needs, then starts every task and the writer.
+    /// `topic_template` gives retention and segment size of created topics
+    /// and the partition count of the input topic if it does not exist.
+    pub async fn start(
+        bus: Arc<dyn EventBus>,
+        store: Arc<dyn AggregateStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        clock: Arc<dyn Clock>,
+        config: &AdsConfig,
+        topic_template: &TopicConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<AdsPipeline>, String> {
+        let spec = Arc::new(AdsSpec::from_config(config)?);
+        let partitions = ensure_topic(
+            bus.as_ref(),
+            &config.input_topic,
+            topic_template.partitions,
+            topic_template,
+        )
+        .await?;
+        ensure_topic(
+            bus.as_ref(),
+            &config.aggregates_topic,
+            partitions,
+            topic_template,
+        )
+        .await?;
+        let late_topic = config.late_topic();
+        ensure_topic(bus.as_ref(), &late_topic, partitions, topic_template).await?;
+
+        let tasks: Vec<Arc<TaskStatus>> = (0..partitions)
+            .map(|p| Arc::new(TaskStatus::new(p)))
+            .collect();
+        let writer = Arc::new(WriterStatus::default());
+        let pipeline = Arc::new(AdsPipeline {
+            spec: spec.clone(),
+            config: config.clone(),
+            bus: bus.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            tasks: tasks.clone(),
+            writer: writer.clone(),
+            handles: Mutex::new(Vec::new()),
+            recalcs: Mutex::new(BTreeMap::new()),
+        });
+        let mut handles = Vec::new();
+        for (partition, status) in (0..partitions).zip(tasks) {
+            let operator =
+                AdClickOperator::new(spec.clone(), partition).map_err(|e| e.to_string())?;
+            let task_config = TaskConfig {
+                pipeline: config.pipeline.clone(),
+                input_topic: config.input_topic.clone(),
+                partition,
+                sinks: vec![config.aggregates_topic.clone(), late_topic.clone()],
+                emit_interval: Duration::from_millis(config.emit_interval_ms),
+                checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+                max_poll_bytes: MAX_POLL_BYTES,
+                stop_at: None,
+            };
+            let (bus, checkpoints, clock, shutdown) = (
+                bus.clone(),
+                checkpoints.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                // Failures are logged and shown in the task status.
+                let _ = run_task(
+                    bus,
+                    checkpoints,
+                    clock,
+                    task_config,
+                    operator,
+                    status,
+                    shutdown,
+                )
+                .await;
+            }));
+        }
+        let writer_config = WriterConfig {
+            pipeline: config.pipeline.clone(),
+            topic: config.aggregates_topic.clone(),
+            max_poll_bytes: 4 * MAX_POLL_BYTES,
+        };
+        handles.push(tokio::spawn({
+            let (bus, store, clock, shutdown) =
+                (bus.clone(), store.clone(), clock.clone(), shutdown.clone());
+            async move {
+                let _ = run_writer(bus, store, clock, writer_config, writer, shutdown).await;
+            }
+        }));
+        handles.push(tokio::spawn(retention_loop(
+            store,
+            clock,
+            config.retention_ms,
+            shutdown,
+        )));
+        *pipeline.handles.lock() = handles;
+        Ok(pipeline)
+    }
+
+    pub fn spec(&self) -> &AdsSpec {
+        &self.spec
+    }
+
+    pub fn config(&self) -> &AdsConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn AggregateStore> {
+        &self.store
+    }
+
+    pub fn filters(&self) -> &[FilterInfo] {
+        self.spec.filters.infos()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn is_idle(&self, task: &TaskSnapshot, now: i64) -> bool {
+        task.processed_offset >= task.end_offset
+            && task
+                .last_record_ms
+                .is_none_or(|at| now - at >= self.config.idle_timeout_ms)
+    }
+
+    /// The pipeline watermark (see [`PipelineReport::watermark`]).
+    pub fn watermark(&self) -> Option<i64> {
+        let snapshots: Vec<TaskSnapshot> = self.tasks.iter().map(|t| t.snapshot()).collect();
+        self.watermark_of(&snapshots, self.clock.now_ms())
+    }
+
+    fn watermark_of(&self, tasks: &[TaskSnapshot], now: i64) -> Option<i64> {
+        let mut active_min: Option<i64> = None;
+        let mut any_active = false;
+        for task in tasks {
+            if self.is_idle(task, now) {
+                continue;
+            }
+            any_active = true;
+            // An active partition without a watermark yet holds everything.
+            let watermark = task.watermark?;
+            active_min = Some(active_min.map_or(watermark, |m| m.min(watermark)));
+        }
+        if any_active {
+            return active_min;
+        }
+        let newest = tasks.iter().filter_map(|t| t.watermark).max();
+        let by_clock = now - self.config.out_of_orderness_ms;
+        Some(newest.map_or(by_clock, |w| w.max(by_clock)))
+    }
+
+    /// The report of `GET /v1/pipelines`.
+    pub async fn report(&self) -> PipelineReport {
+        let now = self.clock.now_ms();
+        let ends = self
+            .bus
+            .describe_topic(&self.config.input_topic)
+            .await
+            .map(|d| d.partitions)
+            .unwrap_or_default();
+        let mut snapshots: Vec<TaskSnapshot> = self.tasks.iter().map(|t| t.snapshot()).collect();
+        for task in &mut snapshots {
+            if let Some(info) = ends.iter().find(|p| p.partition == task.partition) {
+                task.end_offset = task.end_offset.max(info.end_offset);
+            }
+        }
+        let watermark = self.watermark_of(&snapshots, now);
+        let partitions: Vec<PartitionReport> = snapshots
+            .into_iter()
+            .map(|task| PartitionReport {
+                lag: task.end_offset.saturating_sub(task.processed_offset),
+                idle: self.is_idle(&task, now),
+                task,
+            })
+            .collect();
+        PipelineReport {
+            name: self.config.pipeline.clone(),
+            input_topic: self.config.input_topic.clone(),
+            output_topic: self.config.aggregates_topic.clone(),
+            late_topic: self.config.late_topic(),
+            watermark,
+            lag: partitions.iter().map(|p| p.lag).sum(),
+            partitions,
+            writer: self.writer.snapshot(),
+        }
+    }
+
+    /// Recounts `[from, to)` from the raw events in the log and compares
+    /// every (minute, ad, filter) with the store. Sets the
+    /// `riffle_ads_reconcile_mismatches` gauge.
+    pub async fn reconcile(&self, from: i64, to: i64) -> Result<ReconcileReport, RecountError> {
+        let counted = recount(
+            &self.bus,
+            &self.spec,
+            &self.config.input_topic,
+            from,
+            to,
+            &|_, _| {},
+        )
+        .await?;
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.scan(from, to, None))
+            .await
+            .expect("store scan panicked")
+            .map_err(|e| RecountError::InvalidParam {
+                param: "from",
+                message: e.to_string(),
+            })?;
+        let mut report = ReconcileReport {
+            from,
+            to,
+            stored_rows: stored.len() as u64,
+            expected_rows: counted.rows.len() as u64,
+            stored_total: stored
+                .iter()
+                .filter(|r| r.key.filter_id == crate::store::NO_FILTER)
+                .map(|r| r.count)
+                .sum(),
+            expected_total: counted
+                .rows
+                .iter()
+                .filter(|(k, _)| k.filter_id == crate::store::NO_FILTER)
+                .map(|(_, c)| *c)
+                .sum(),
+            mismatch_count: 0,
+            mismatches: Vec::new(),
+            truncated: false,
+            records_read: counted.records_read,
+        };
+        let mut stored_map: BTreeMap<crate::store::AggKey, u64> = stored
+            .into_iter()
+            .filter(|r| r.count > 0)
+            .map(|r| (r.key, r.count))
+            .collect();
+        let mut differences = Vec::new();
+        for (key, expected) in &counted.rows {
+            let stored = stored_map.remove(key).unwrap_or(0);
+            if stored != *expected {
+                differences.push((key.clone(), stored, *expected));
+            }
+        }
+        for (key, stored) in stored_map {
+            differences.push((key, stored, 0));
+        }
+        differences.sort_by(|a, b| a.0.cmp(&b.0));
+        report.mismatch_count = differences.len() as u64;
+        report.truncated = differences.len() > MAX_LISTED_MISMATCHES;
+        report.mismatches = differences
+            .into_iter()
+            .take(MAX_LISTED_MISMATCHES)
+            .map(|(key, stored, expected)| Mismatch {
+                ad_id: key.ad_id,
+                minute: key.minute_start_ms,
+                filter_id: key.filter_id,
+                stored,
+                expected,
+            })
+            .collect();
+        metrics::RECONCILE_MISMATCHES.set(report.mismatch_count as i64);
+        Ok(report)
+    }
+
+    /// Starts recalculating `[from, to)`: a recount from the log replaces
+    /// the range's counts and the tops of windows ending in `(from, to]` in
+    /// one store transaction. The range must be final (`to + allowed
+    /// lateness` at or before the watermark) so the live pipeline can no
+    /// longer change it.
+    pub fn start_recalc(self: &Arc<Self>, from: i64, to: i64) -> Result<u64, RecountError> {
+        crate::recount::check_range(from, to)?;
+        let lateness = self.config.allowed_lateness_ms;
+        let final_until = self.watermark().map(|w| w - lateness);
+        if final_until.is_none_or(|f| to > f) {
+            return Err(RecountError::InvalidParam {
+                param: "to",
+                message: format!(
+                    "{to} is not final yet: the live pipeline may still change it until the watermark passes to + allowed_lateness_ms (watermark {}, allowed_lateness_ms {lateness})",
+                    self.watermark().map_or("none".to_string(), |w| w.to_string())
+                ),
+            });
+        }
+        let status = {
+            let mut recalcs = self.recalcs.lock();
+            let id = recalcs.keys().next_back().map_or(1, |id| id + 1);
+            let status = Arc::new(Mutex::new(RecalcStatus {
+                id,
+                from,
+                to,
+                state: "running",
+                records_read: 0,
+                records_total: 0,
+                rows_written: 0,
+                partial_tops_written: 0,
+                error: None,
+                started_ms: self.clock.now_ms(),
+                finished_ms: None,
+            }));
+            recalcs.insert(id, status.clone());
+            status
+        };
+        let id = status.lock().id;
+        let pipeline = self.clone();
+        tokio::spawn(async move {
+            let progress_status = status.clone();
+            let progress = move |read: u64, total: u64| {
+                let mut s = progress_status.lock();
+                s.records_read = read;
+                s.records_total = total;
+            };
+            let result = async {
+                let counted = recount(
+                    &pipeline.bus,
+                    &pipeline.spec,
+                    &pipeline.config.input_topic,
+                    from,
+                    to,
+                    &progress,
+                )
+                .await?;
+                let rows = counted.rows();
+                let (row_count, partial_count) = (rows.len() as u64, counted.partials.len() as u64);
+                let store = pipeline.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.replace_range(from, to, &rows, &counted.partials)
+                })
+                .await
+                .expect("store replace panicked")
+                .map_err(|e| RecountError::InvalidParam {
+                    param: "from",
+                    message: e.to_string(),
+                })?;
+                Ok::<_, RecountError>((row_count, partial_count))
+            }
+            .await;
+            let now = pipeline.clock.now_ms();
+            let mut s = status.lock();
+            s.finished_ms = Some(now);
+            match result {
+                Ok((rows, partials)) => {
+                    s.state = "done";
+                    s.rows_written = rows;
+                    s.partial_tops_written = partials;
+                    tracing::info!(from, to, rows, partials, "recalculation replaced the range");
+                }
+                Err(error) => {
+                    s.state = "failed";
+                    s.error = Some(error.to_string());
+                    tracing::warn!(from, to, %error, "recalculation failed");
+                }
+            }
+        });
+        Ok(id)
+    }
+
+    pub fn recalc_status(&self, id: u64) -> Option<RecalcStatus> {
+        self.recalcs.lock().get(&id).map(|s| s.lock().clone())
+    }
+
+    /// Waits for every task to stop (after shutdown was signalled).
+    pub async fn join(&self) {
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock());
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+async fn retention_loop(
+    store: Arc<dyn AggregateStore>,
+    clock: Arc<dyn Clock>,
+    retention_ms: i64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let cut = (clock.now_ms() - retention_ms).div_euclid(MINUTE_MS) * MINUTE_MS;
+        let store2 = store.clone();
+        match tokio::task::spawn_blocking(move || store2.delete_before(cut)).await {
+            Ok(Ok(deleted)) if deleted.count_rows + deleted.top_rows > 0 => {
+                tracing::info!(
+                    count_rows = deleted.count_rows,
+                    top_rows = deleted.top_rows,
+                    before_ms = cut,
+                    "aggregate retention"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "aggregate retention failed"),
+            Err(error) => tracing::warn!(%error, "aggregate retention panicked"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
