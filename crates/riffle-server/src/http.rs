@@ -43,6 +43,16 @@ pub fn router(state: AppState) -> Router {
             get(read_records),
         )
         .route("/v1/groups", get(list_groups))
+        .route("/v1/ads/filters", get(crate::ads::filters))
+        .route("/v1/ads/popular_ads", get(crate::ads::popular_ads))
+        .route(
+            "/v1/ads/{ad_id}/aggregated_count",
+            get(crate::ads::aggregated_count),
+        )
+        .route("/v1/ads/reconcile", post(crate::ads::reconcile))
+        .route("/v1/ads/recalc", post(crate::ads::start_recalc))
+        .route("/v1/ads/recalc/{id}", get(crate::ads::recalc_status))
+        .route("/v1/pipelines", get(crate::ads::pipelines))
         .route(
             "/v1/groups/{group}/offsets",
             get(group_offsets).post(commit_group_offsets),
@@ -244,7 +254,7 @@ fn request_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
 
 /// `Query` whose rejection (unknown or malformed parameters) is an API
 /// error in the usual JSON shape rather than axum's plain-text 400.
-struct ApiQuery<T>(T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
     for ApiQuery<T>

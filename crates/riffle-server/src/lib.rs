@@ -2,7 +2,8 @@
 //! path, with auth, metrics and health. Domain crates never depend on this
 //! crate; it composes them.
 
-pub mod auth;
+mod ads;
+mod auth;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -129,8 +130,9 @@ pub async fn serve(
     let recovery = {
         let config = config.clone();
         let services_tx = services_tx.clone();
+        let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
-            let result = start_services(&config, admin_token).await;
+            let result = start_services(&config, admin_token, stop_rx).await;
             match result {
                 Ok(services) => {
                     let _ = services_tx.send(Some(services));
@@ -245,6 +247,11 @@ pub async fn serve(
         };
     let services = services_tx.borrow().clone();
     if let Some(services) = services {
+        if let Some(ads) = &services.ads {
+            // Tasks saw the stop signal: they emit, checkpoint and return.
+            ads.join().await;
+            info!("ad click pipeline stopped and checkpointed");
+        }
         let log = services.log.clone();
         tokio::task::spawn_blocking(move || log.close())
             .await
@@ -256,7 +263,11 @@ pub async fn serve(
     Ok(())
 }
 
-async fn start_services(config: &Config, admin_token: String) -> anyhow::Result<Arc<Services>> {
+async fn start_services(
+    config: &Config,
+    admin_token: String,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<Services>> {
     let log_dir = config.server.data_dir.join("log");
     let options = LogOptions::from_config(&config.log);
     let log_defaults = options.default_topic.clone();
@@ -284,6 +295,11 @@ async fn start_services(config: &Config, admin_token: String) -> anyhow::Result<
         clock.clone(),
     ));
     ingestor.ensure_topics(&log_defaults).await?;
+    let ads = if config.ads.enabled {
+        Some(start_ads(config, &bus, &clock, &log_defaults, stop).await?)
+    } else {
+        None
+    };
     Ok(Arc::new(Services {
         log,
         bus,
@@ -291,5 +307,50 @@ async fn start_services(config: &Config, admin_token: String) -> anyhow::Result<
         auth: auth::Auth::new(&config.auth, admin_token),
         clock,
         log_defaults,
+        ads,
     }))
+}
+
+/// Opens the aggregate store and starts the ad click pipeline: its tasks
+/// checkpoint under `<data-dir>/checkpoints`, the store lives in
+/// `<data-dir>/ads/aggregates.redb`.
+async fn start_ads(
+    config: &Config,
+    bus: &Arc<dyn EventBus>,
+    clock: &Arc<dyn Clock>,
+    log_defaults: &riffle_log::TopicConfig,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<riffle_ads::AdsPipeline>> {
+    let ads_dir = config.server.data_dir.join("ads");
+    std::fs::create_dir_all(&ads_dir)
+        .with_context(|| format!("cannot create {}", ads_dir.display()))?;
+    let store_path = ads_dir.join("aggregates.redb");
+    let store =
+        tokio::task::spawn_blocking(move || riffle_ads::RedbAggregateStore::open(store_path))
+            .await??;
+    let store: Arc<dyn riffle_ads::AggregateStore> = Arc::new(store);
+    let checkpoints: Arc<dyn riffle_stream::CheckpointStore> = Arc::new(
+        riffle_stream::FsCheckpointStore::new(config.server.data_dir.join("checkpoints")),
+    );
+    let template = riffle_log::TopicConfig {
+        partitions: config.ingest.topic_partitions,
+        ..log_defaults.clone()
+    };
+    let pipeline = riffle_ads::AdsPipeline::start(
+        bus.clone(),
+        store,
+        checkpoints,
+        clock.clone(),
+        &config.ads,
+        &template,
+        stop,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("ads pipeline: {e}"))?;
+    info!(
+        pipeline = %config.ads.pipeline,
+        input = %config.ads.input_topic,
+        "ad click pipeline started"
+    );
+    Ok(pipeline)
 }

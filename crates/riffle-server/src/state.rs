@@ -19,6 +19,8 @@ pub struct Services {
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
     pub log_defaults: TopicConfig,
+    /// The ad click pipeline, when `ads.enabled`.
+    pub ads: Option<Arc<riffle_ads::AdsPipeline>>,
 }
 
 #[derive(Clone)]

@@ -2,6 +2,7 @@
 //! commands talk to a running server over HTTP (`--server`), except
 //! `riffle bench`, which measures in-process components.
 
+mod ads;
 mod bench;
 mod client;
 mod commands;
@@ -130,6 +131,37 @@ enum Command {
         /// Read what is there once, then exit.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Recount ad clicks of a time range from the raw events in the log and report every
+    /// (ad, minute, filter) whose stored count differs; exits with status 1 on a mismatch.
+    Reconcile {
+        /// Range start (inclusive): epoch ms or RFC 3339, minute-aligned.
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// Range end (exclusive): epoch ms or RFC 3339, minute-aligned.
+        #[arg(long, allow_hyphen_values = true)]
+        to: String,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Recalculate the ad click aggregates of a time range from raw events (the live pipeline
+    /// keeps running) and replace the stored range atomically; shows progress.
+    Recalc {
+        /// Range start (inclusive): epoch ms or RFC 3339, minute-aligned.
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// Range end (exclusive): epoch ms or RFC 3339, minute-aligned. The range must be final:
+        /// its end plus the allowed lateness at or before the pipeline watermark.
+        #[arg(long, allow_hyphen_values = true)]
+        to: String,
+        /// Where raw events are read from. Only `log` exists today.
+        #[arg(long, default_value = "log")]
+        source: String,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -343,6 +375,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
             .context("tail")
+        }
+        Command::Reconcile {
+            from,
+            to,
+            json,
+            client,
+        } => {
+            init_tracing(LogFormat::Text, "warn");
+            ads::reconcile(&client.client()?, &from, &to, json).await
+        }
+        Command::Recalc {
+            from,
+            to,
+            source,
+            client,
+        } => {
+            init_tracing(LogFormat::Text, "warn");
+            ads::recalc(&client.client()?, &from, &to, &source).await
         }
         Command::Simulate { command } => simulate::run(command).await,
         Command::Bench { command } => {

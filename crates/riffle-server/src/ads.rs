@@ -1,0 +1,193 @@
+//! `/v1/ads/...` and `/v1/pipelines`: the ad click queries (DESIGN.md) and
+//! the pipeline status. Queries read the aggregate store (an MVCC snapshot
+//! read of a few rows, microseconds) directly on the async worker.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use riffle_ads::query::{
+    self, CountAnswer, CountParams, PopularAnswer, PopularParams, QueryContext,
+};
+use riffle_ads::AdsPipeline;
+use riffle_core::ErrorCode;
+use serde_json::{json, Value};
+
+use crate::auth::Role;
+use crate::error::ApiError;
+use crate::http::ApiQuery;
+use crate::state::AppState;
+
+impl From<query::QueryError> for ApiError {
+    fn from(e: query::QueryError) -> Self {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+fn pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
+    let services = state.services()?;
+    services.auth.check(headers, Role::Read)?;
+    services.ads.clone().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "the ad click pipeline is disabled (config ads.enabled = false)",
+        )
+    })
+}
+
+fn context(pipeline: &AdsPipeline) -> QueryContext<'_> {
+    let spec = pipeline.spec();
+    QueryContext {
+        store: pipeline.store().as_ref(),
+        filters: &spec.filters,
+        popular: &spec.popular,
+        top_n: spec.top_n,
+        watermark: pipeline.watermark(),
+        now_ms: pipeline.now_ms(),
+    }
+}
+
+pub async fn aggregated_count(
+    State(state): State<AppState>,
+    Path(ad_id): Path<String>,
+    ApiQuery(params): ApiQuery<CountParams>,
+    headers: HeaderMap,
+) -> Result<Json<CountAnswer>, ApiError> {
+    let pipeline = pipeline(&state, &headers)?;
+    Ok(Json(query::aggregated_count(
+        &context(&pipeline),
+        &ad_id,
+        &params,
+    )?))
+}
+
+pub async fn popular_ads(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<PopularParams>,
+    headers: HeaderMap,
+) -> Result<Json<PopularAnswer>, ApiError> {
+    let pipeline = pipeline(&state, &headers)?;
+    Ok(Json(query::popular_ads(&context(&pipeline), &params)?))
+}
+
+pub async fn filters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let pipeline = pipeline(&state, &headers)?;
+    let popular: Vec<Value> = pipeline
+        .spec()
+        .popular
+        .iter()
+        .map(|(window_minutes, filter_id)| {
+            json!({"window_minutes": window_minutes, "filter_id": filter_id})
+        })
+        .collect();
+    Ok(Json(json!({
+        "filters": pipeline.filters(),
+        "popular": popular,
+        "top_n": pipeline.spec().top_n,
+    })))
+}
+
+pub async fn pipelines(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let services = state.services()?;
+    services.auth.check(&headers, Role::Read)?;
+    let mut pipelines = Vec::new();
+    if let Some(ads) = &services.ads {
+        pipelines.push(ads.report().await);
+    }
+    Ok(Json(json!({ "pipelines": pipelines })))
+}
+
+impl From<riffle_ads::recount::RecountError> for ApiError {
+    fn from(e: riffle_ads::recount::RecountError) -> Self {
+        use riffle_ads::recount::RecountError;
+        let code = match &e {
+            RecountError::InvalidParam { .. } => ErrorCode::InvalidArgument,
+            RecountError::Bus(error) => error.code(),
+            RecountError::Stream(error) => error.code(),
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// `{"from","to"}` of reconcile and recalc: epoch ms or RFC 3339.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeBody {
+    from: Value,
+    to: Value,
+}
+
+fn range_param(param: &'static str, value: &Value) -> Result<i64, ApiError> {
+    let parsed = match value {
+        Value::Number(n) => n.as_i64().ok_or(()),
+        Value::String(s) => riffle_core::time::parse_time_arg(s).map_err(|_| ()),
+        _ => Err(()),
+    };
+    parsed.map_err(|()| {
+        ApiError::bad_request(format!(
+            "invalid {param}: {value} is not epoch milliseconds or an RFC 3339 time"
+        ))
+    })
+}
+
+fn parse_range(body: &[u8]) -> Result<(i64, i64), ApiError> {
+    let range: RangeBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    Ok((
+        range_param("from", &range.from)?,
+        range_param("to", &range.to)?,
+    ))
+}
+
+fn admin_pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
+    let services = state.services()?;
+    services.auth.check(headers, Role::Admin)?;
+    services.ads.clone().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "the ad click pipeline is disabled (config ads.enabled = false)",
+        )
+    })
+}
+
+pub async fn reconcile(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<riffle_ads::service::ReconcileReport>, ApiError> {
+    let pipeline = admin_pipeline(&state, &headers)?;
+    let (from, to) = parse_range(&body)?;
+    Ok(Json(pipeline.reconcile(from, to).await?))
+}
+
+pub async fn start_recalc(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let pipeline = admin_pipeline(&state, &headers)?;
+    let (from, to) = parse_range(&body)?;
+    let id = pipeline.start_recalc(from, to)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "id": id }))))
+}
+
+pub async fn recalc_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<riffle_ads::service::RecalcStatus>, ApiError> {
+    let pipeline = admin_pipeline(&state, &headers)?;
+    let status = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| pipeline.recalc_status(id))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no recalculation {id:?}")))?;
+    Ok(Json(status))
+}
