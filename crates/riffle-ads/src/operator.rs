@@ -88,6 +88,8 @@ impl AdsSpec {
             lateness: LatenessPolicy {
                 allowed_lateness_ms: config.allowed_lateness_ms,
             },
+            // Validated: the horizon covers allowed lateness + one minute
+            // window, the oldest click that still counts.
             dedup: DedupConfig {
                 horizon_ms: config.dedup_horizon_ms,
                 ..DedupConfig::default()
@@ -311,6 +313,22 @@ impl AdClickOperator {
         });
     }
 
+    /// Writes `event` (as JSON) to the late topic with `reason`.
+    fn late_event(
+        &mut self,
+        out: &mut Collector<SinkRecord>,
+        event: &Event<'_>,
+        key: Option<&str>,
+        timestamp: i64,
+        reason: &'static str,
+        detail: String,
+    ) {
+        self.scratch.clear();
+        event.write_json(&mut self.scratch);
+        let value = self.scratch.clone();
+        self.late_record(out, key, value, timestamp, reason, detail);
+    }
+
     fn count(&mut self, minute: i64, mask: u64, ad: u32) {
         let slots = self.spec.filters.slots();
         let per_slot = self
@@ -444,7 +462,12 @@ impl AdClickOperator {
         }
         let dedup_len = r.u64()? as usize;
         let dedup = r.take(dedup_len)?;
-let _ = dedup;
+        self.dedup = Deduplicator::restore(
+            self.spec.dedup,
+            self.spec.lateness.allowed_lateness_ms,
+            dedup,
+        )
+        .map_err(|e| e.to_string())?;
         let slots = self.spec.filters.slots();
         let minutes = r.u32()?;
         for _ in 0..minutes {
@@ -576,13 +599,10 @@ impl Operator for AdClickOperator {
             } = &event.body
             else {
                 self.rejected += 1;
-                self.scratch.clear();
-                event.write_json(&mut self.scratch);
-                let value = self.scratch.clone();
-                self.late_record(
+                self.late_event(
                     out,
+                    &event,
                     None,
-                    value,
                     record.timestamp,
                     "wrong_type",
                     format!(
@@ -598,13 +618,10 @@ impl Operator for AdClickOperator {
                 let window = Window::new(minute, minute + MINUTE_MS);
                 if self.spec.lateness.classify(window, watermark) == Lateness::TooLate {
                     self.late += 1;
-                    self.scratch.clear();
-                    event.write_json(&mut self.scratch);
-                    let value = self.scratch.clone();
-                    self.late_record(
+                    self.late_event(
                         out,
+                        &event,
                         Some(ad_id),
-                        value,
                         record.timestamp,
                         "too_late",
                         format!(
@@ -625,13 +642,10 @@ impl Operator for AdClickOperator {
                     }
                     Verdict::Expired => {
                         self.late += 1;
-                        self.scratch.clear();
-                        event.write_json(&mut self.scratch);
-                        let value = self.scratch.clone();
-                        self.late_record(
+                        self.late_event(
                             out,
+                            &event,
                             Some(ad_id),
-                            value,
                             record.timestamp,
                             "beyond_dedup_horizon",
                             format!(

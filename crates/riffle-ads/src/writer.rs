@@ -70,6 +70,9 @@ pub enum WriterError {
     Bus(#[from] riffle_log::BusError),
     #[error(transparent)]
     Store(#[from] crate::error::StoreError),
+    /// A blocking store call panicked or was cancelled (runtime shutdown).
+    #[error("aggregate store call did not complete: {0}")]
+    StoreTask(#[from] tokio::task::JoinError),
 }
 
 /// What the writer reads and how.
@@ -132,9 +135,7 @@ async fn writer_loop(
         let stored = {
             let store = store.clone();
             let source = position_source(topic, tp.partition);
-            tokio::task::spawn_blocking(move || store.position(&source))
-                .await
-                .expect("store read panicked")?
+            tokio::task::spawn_blocking(move || store.position(&source)).await??
         };
         let start = match stored {
             Some(offset) => StartPosition::Offset(offset),
@@ -221,9 +222,7 @@ async fn writer_loop(
             let started = std::time::Instant::now();
             let result = {
                 let (store, batch) = (store.clone(), batch.clone());
-                tokio::task::spawn_blocking(move || store.apply(&batch))
-                    .await
-                    .expect("store write panicked")
+                tokio::task::spawn_blocking(move || store.apply(&batch)).await?
             };
             match result {
                 Ok(()) => {

@@ -113,12 +113,16 @@ impl AdsConfig {
                 format!("{} must not be negative", self.allowed_lateness_ms),
             );
         }
-        if self.dedup_horizon_ms < self.allowed_lateness_ms {
+        // Lateness is judged per minute window, so a click up to
+        // allowed_lateness + 1 min behind the watermark still counts and must
+        // still be checked for duplicates.
+        let min_horizon = self.allowed_lateness_ms.saturating_add(60_000);
+        if self.dedup_horizon_ms < min_horizon {
             return err(
                 "dedup_horizon_ms",
                 format!(
-                    "{} must be at least allowed_lateness_ms ({}): a shorter horizon lets duplicates of late events through",
-                    self.dedup_horizon_ms, self.allowed_lateness_ms
+                    "{} must be at least allowed_lateness_ms + 60000 ({min_horizon}): a shorter horizon lets duplicates of late events through",
+                    self.dedup_horizon_ms
                 ),
             );
         }

@@ -292,6 +292,9 @@ where
             }
             if let Some(stop_at) = self.config.stop_at {
                 if self.position >= stop_at {
+                    // The end of a bounded input (operator contract, point 5);
+                    // its output goes out with the final checkpoint below.
+                    self.op.on_close(&mut self.out)?;
                     break;
                 }
             }
