@@ -60,11 +60,58 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Ad click aggregation throughput from the log: pre-fills ad_clicks with generated
+    /// clicks (Zipf over --ads ads), then runs the pipeline tasks over it with checkpoints,
+    /// once with per-minute counts (no filter + the 3 default filters), once adding the
+    /// sliding top-N windows.
+    Ads {
+        /// Events to aggregate.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Distinct ads (Zipf exponent 1.1).
+        #[arg(long, default_value_t = 2_000_000)]
+        ads: u32,
+        /// Partitions of ad_clicks = pipeline tasks.
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Checkpoint interval.
+        #[arg(long, default_value_t = 10_000)]
+        checkpoint_ms: u64,
+        /// Emit interval (output transaction cadence).
+        #[arg(long, default_value_t = 200)]
+        emit_ms: u64,
+        /// Event-time rate of the generated stream (events per second of event time).
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+        /// Directory to work in (default: temporary, under the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     print_machine();
     match command {
+        BenchCommand::Ads {
+            events,
+            ads,
+            partitions,
+            checkpoint_ms,
+            emit_ms,
+            rate,
+            dir,
+        } => {
+            crate::bench_ads::bench_ads(crate::bench_ads::AdsBenchArgs {
+                events,
+                ads,
+                partitions,
+                checkpoint_ms,
+                emit_ms,
+                rate,
+                dir,
+            })
+            .await
+        }
         BenchCommand::Log {
             records,
             record_bytes,
@@ -121,7 +168,7 @@ fn print_machine() {
     );
 }
 
-fn bench_dir(
+pub(crate) fn bench_dir(
     dir: Option<PathBuf>,
     prefix: &str,
 ) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {

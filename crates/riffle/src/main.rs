@@ -4,6 +4,7 @@
 
 mod ads;
 mod bench;
+mod bench_ads;
 mod client;
 mod commands;
 mod simulate;
