@@ -114,10 +114,36 @@ impl AdsSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Cell {
     count: u32,
     dirty: bool,
+}
+
+/// The counts of one minute: one row per ad holding a cell per filter slot,
+/// so a click costs one hash lookup whatever the number of filters.
+#[derive(Debug, Default)]
+struct MinuteCounts {
+    rows: HashMap<u32, u32, RandomState>,
+    /// Row → ad.
+    ads: Vec<u32>,
+    /// Row-major: `cells[row * slots + slot]`.
+    cells: Vec<Cell>,
+    /// Whether the row is already in the operator's dirty list.
+    row_dirty: Vec<bool>,
+}
+
+impl MinuteCounts {
+    fn row(&mut self, ad: u32, slots: usize) -> usize {
+        let next = self.ads.len() as u32;
+        let row = *self.rows.entry(ad).or_insert(next) as usize;
+        if row == self.ads.len() {
+            self.ads.push(ad);
+            self.cells.resize(self.cells.len() + slots, Cell::default());
+            self.row_dirty.push(false);
+        }
+        row
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,9 +261,9 @@ pub struct AdClickOperator {
     partition: u32,
     name: String,
     dict: AdDict,
-    /// minute → per slot: ad → count.
-    minutes: BTreeMap<i64, Vec<HashMap<u32, Cell, RandomState>>>,
-    dirty: Vec<(i64, u16, u32)>,
+    minutes: BTreeMap<i64, MinuteCounts>,
+    /// (minute, row) of rows with a changed cell since the last tick.
+    dirty: Vec<(i64, u32)>,
     /// Per popular entry: window end → window.
     windows: Vec<BTreeMap<i64, TopWindow>>,
     popular_slots: Vec<usize>,
@@ -331,23 +357,19 @@ impl AdClickOperator {
 
     fn count(&mut self, minute: i64, mask: u64, ad: u32) {
         let slots = self.spec.filters.slots();
-        let per_slot = self
-            .minutes
-            .entry(minute)
-            .or_insert_with(|| (0..slots).map(|_| HashMap::default()).collect());
+        let counts = self.minutes.entry(minute).or_default();
+        let row = counts.row(ad, slots);
+        let cells = &mut counts.cells[row * slots..(row + 1) * slots];
         let mut bits = mask;
         while bits != 0 {
             let slot = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let cell = per_slot[slot].entry(ad).or_insert(Cell {
-                count: 0,
-                dirty: false,
-            });
-            cell.count += 1;
-            if !cell.dirty {
-                cell.dirty = true;
-                self.dirty.push((minute, slot as u16, ad));
-            }
+            cells[slot].count += 1;
+            cells[slot].dirty = true;
+        }
+        if !counts.row_dirty[row] {
+            counts.row_dirty[row] = true;
+            self.dirty.push((minute, row as u32));
         }
         let limit = self.spec.top_n as usize;
         for (i, &slot) in self.popular_slots.iter().enumerate() {
@@ -410,13 +432,17 @@ impl AdClickOperator {
             out.extend_from_slice(name);
         };
         out.extend_from_slice(&(self.minutes.len() as u32).to_le_bytes());
-        for (minute, per_slot) in &self.minutes {
+        for (minute, counts) in &self.minutes {
             out.extend_from_slice(&minute.to_le_bytes());
-            for counts in per_slot {
-                out.extend_from_slice(&(counts.len() as u32).to_le_bytes());
-                for (ad, cell) in counts {
-                    put_ad(&mut out, *ad);
-                    out.extend_from_slice(&cell.count.to_le_bytes());
+            for slot in 0..slots {
+                let cell = |row: usize| counts.cells[row * slots + slot];
+                let n = (0..counts.ads.len()).filter(|&r| cell(r).count > 0).count();
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                for (row, ad) in counts.ads.iter().enumerate() {
+                    if cell(row).count > 0 {
+                        put_ad(&mut out, *ad);
+                        out.extend_from_slice(&cell(row).count.to_le_bytes());
+                    }
                 }
             }
         }
@@ -472,8 +498,7 @@ impl AdClickOperator {
         let minutes = r.u32()?;
         for _ in 0..minutes {
             let minute = r.i64()?;
-            let mut per_slot: Vec<HashMap<u32, Cell, RandomState>> =
-                (0..slots).map(|_| HashMap::default()).collect();
+            let mut counts = MinuteCounts::default();
             for target in &slot_map {
                 let n = r.u32()?;
                 for _ in 0..n {
@@ -481,17 +506,12 @@ impl AdClickOperator {
                     let count = r.u32()?;
                     if let Some(slot) = target {
                         let ad = self.dict.intern(name);
-                        per_slot[*slot].insert(
-                            ad,
-                            Cell {
-                                count,
-                                dirty: false,
-                            },
-                        );
+                        let row = counts.row(ad, slots);
+                        counts.cells[row * slots + slot].count = count;
                     }
                 }
             }
-            self.minutes.insert(minute, per_slot);
+            self.minutes.insert(minute, counts);
         }
         let limit = self.spec.top_n as usize;
         for target in &popular_map {
@@ -671,31 +691,36 @@ impl Operator for AdClickOperator {
         out: &mut Collector<SinkRecord>,
     ) -> riffle_stream::Result<()> {
         let timestamp = self.newest_input_ts;
-        for (minute, slot, ad) in self.dirty.drain(..) {
-            let Some(cell) = self
-                .minutes
-                .get_mut(&minute)
-                .and_then(|per_slot| per_slot[slot as usize].get_mut(&ad))
-            else {
+        let slots = self.spec.filters.slots();
+        for (minute, row) in self.dirty.drain(..) {
+            let Some(counts) = self.minutes.get_mut(&minute) else {
                 continue;
             };
-            cell.dirty = false;
-            let name = &self.dict.names[ad as usize];
-            let mut value = Vec::with_capacity(96);
-            write_count(
-                &mut value,
-                minute,
-                name,
-                self.spec.filters.id_of_slot(slot as usize),
-                cell.count as u64,
-            );
-            out.collect(SinkRecord {
-                sink: AGGREGATES_SINK,
-                key: Some(name.as_bytes().to_vec()),
-                value,
-                timestamp,
-                headers: Vec::new(),
-            });
+            let row = row as usize;
+            counts.row_dirty[row] = false;
+            let name = &self.dict.names[counts.ads[row] as usize];
+            for slot in 0..slots {
+                let cell = &mut counts.cells[row * slots + slot];
+                if !cell.dirty {
+                    continue;
+                }
+                cell.dirty = false;
+                let mut value = Vec::with_capacity(96);
+                write_count(
+                    &mut value,
+                    minute,
+                    name,
+                    self.spec.filters.id_of_slot(slot),
+                    cell.count as u64,
+                );
+                out.collect(SinkRecord {
+                    sink: AGGREGATES_SINK,
+                    key: Some(name.as_bytes().to_vec()),
+                    value,
+                    timestamp,
+                    headers: Vec::new(),
+                });
+            }
         }
         for (i, windows) in self.windows.iter_mut().enumerate() {
             let (window_minutes, filter_id) = self.spec.popular[i];

@@ -204,7 +204,7 @@ pub async fn bench_ads(args: AdsBenchArgs) -> anyhow::Result<()> {
     let checkpoints: Arc<dyn CheckpointStore> =
         Arc::new(FsCheckpointStore::new(dir.join("checkpoints")));
     run_mode(&log, &checkpoints, &args, &template, "counts", false).await?;
-    run_mode(&log, &checkpoints, &args, &template, "counts+top", true).await?;
+    run_mode(&log, &checkpoints, &args, &template, "counts_top", true).await?;
     log.close()?;
     Ok(())
 }
