@@ -33,7 +33,7 @@
 //! popular u16, then per entry (window_minutes u32, filter_id u32)
 //! dedup_len u64, dedup snapshot (riffle_stream::dedup format)
 //! minutes u32, per minute: minute i64, then per slot: n u32, n × (ad, count u32)
-//! per popular entry: windows u32, per window: end i64, n u32, n × (ad, sum u32)
+//! per popular entry: windows u32, per window: end i64, n u32, n × (ad, sum u64)
 //! ad := len u16, utf-8 bytes
 //! ```
 //!
@@ -148,7 +148,7 @@ impl MinuteCounts {
 
 #[derive(Debug, Clone, Copy)]
 struct TopEntry {
-    sum: u32,
+    sum: u64,
     /// Index in `TopWindow::top`, or [`NOT_IN_TOP`].
     pos: u32,
 }
@@ -157,7 +157,7 @@ struct TopEntry {
 struct TopWindow {
     sums: HashMap<u32, TopEntry, RandomState>,
     /// (sum, ad), best first by [`rank_cmp`].
-    top: Vec<(u32, u32)>,
+    top: Vec<(u64, u32)>,
     changed: bool,
 }
 
@@ -181,12 +181,8 @@ impl AdDict {
 }
 
 /// `a` ranks before `b`: more clicks, then smaller ad id.
-fn better(a: (u32, u32), b: (u32, u32), names: &[Box<str>]) -> bool {
-    rank_cmp(
-        (a.0 as u64, &names[a.1 as usize]),
-        (b.0 as u64, &names[b.1 as usize]),
-    )
-    .is_lt()
+fn better(a: (u64, u32), b: (u64, u32), names: &[Box<str>]) -> bool {
+    rank_cmp((a.0, &names[a.1 as usize]), (b.0, &names[b.1 as usize])).is_lt()
 }
 
 impl TopWindow {
@@ -196,7 +192,7 @@ impl TopWindow {
             sum: 0,
             pos: NOT_IN_TOP,
         });
-        entry.sum += by;
+        entry.sum += u64::from(by);
         let sum = entry.sum;
         let mut pos = if entry.pos != NOT_IN_TOP {
             let pos = entry.pos as usize;
@@ -234,13 +230,8 @@ impl TopWindow {
 
     /// Rebuilds `top` from `sums` (after a restore).
     fn rebuild(&mut self, limit: usize, names: &[Box<str>]) {
-        let mut all: Vec<(u32, u32)> = self.sums.iter().map(|(ad, e)| (e.sum, *ad)).collect();
-        all.sort_by(|a, b| {
-            rank_cmp(
-                (a.0 as u64, &names[a.1 as usize]),
-                (b.0 as u64, &names[b.1 as usize]),
-            )
-        });
+        let mut all: Vec<(u64, u32)> = self.sums.iter().map(|(ad, e)| (e.sum, *ad)).collect();
+        all.sort_by(|a, b| rank_cmp((a.0, &names[a.1 as usize]), (b.0, &names[b.1 as usize])));
         all.truncate(limit);
         for entry in self.sums.values_mut() {
             entry.pos = NOT_IN_TOP;
@@ -522,7 +513,7 @@ impl AdClickOperator {
                 let mut window = TopWindow::default();
                 for _ in 0..n {
                     let name = r.str()?;
-                    let sum = r.u32()?;
+                    let sum = r.u64()?;
                     if target.is_some() {
                         let ad = self.dict.intern(name);
                         window.sums.insert(
@@ -734,7 +725,7 @@ impl Operator for AdClickOperator {
                     .iter()
                     .map(|(_, ad)| &*self.dict.names[*ad as usize])
                     .collect();
-                let counts: Vec<u64> = window.top.iter().map(|(sum, _)| *sum as u64).collect();
+                let counts: Vec<u64> = window.top.iter().map(|(sum, _)| *sum).collect();
                 let mut value = Vec::with_capacity(64 + ads.len() * 24);
                 write_top(
                     &mut value,
