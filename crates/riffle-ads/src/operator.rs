@@ -6,11 +6,12 @@
 //!
 //! 1. decode; a record that is not a valid `ad_click` goes to the late topic
 //!    with reason `malformed` / `wrong_type` (never dropped silently);
-//! 2. classify its minute window `[m, m + 60 s)` against the task watermark
+//! 2. dedup by `event_id` over the horizon; duplicates are dropped and
+//!    counted — also repeats of a too-late event, so a re-sent batch never
+//!    puts an event in the late topic twice;
+//! 3. classify its minute window `[m, m + 60 s)` against the task watermark
 //!    `W = max event time seen before it − out_of_orderness`: if
 //!    `m + 60 s + allowed_lateness ≤ W` it is too late → late topic;
-//! 3. dedup by `event_id` over the horizon; duplicates are dropped and
-//!    counted;
 //! 4. count it in (m, ad) for "no filter" and every filter it matches, and
 //!    in every configured top-N window `(e − M, e]` containing it
 //!    (`e ∈ {m + 1 min, …, m + M min}`): a per-window sum per ad plus an
@@ -625,7 +626,28 @@ impl Operator for AdClickOperator {
             };
             let time = event.event_time;
             let minute = time.div_euclid(MINUTE_MS) * MINUTE_MS;
-            if let Some(watermark) = self.watermark() {
+            let watermark = self.watermark();
+            if let Some(watermark) = watermark {
+                self.dedup.evict(watermark);
+            }
+            // Dedup before lateness: a repeat of an event already seen —
+            // counted or already in the late topic — is a duplicate, so a
+            // client re-sending a batch after a failure puts nothing in the
+            // late topic twice.
+            let mut expired = false;
+            if let Some(event_id) = &event.event_id {
+                match self.dedup.check_and_insert(event_id.as_bytes(), time) {
+                    Verdict::New => {}
+                    Verdict::Duplicate => {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    // Older than every id held: also too late, as the
+                    // horizon covers the lateness + 1 min (routed below).
+                    Verdict::Expired => expired = true,
+                }
+            }
+            if let Some(watermark) = watermark {
                 let window = Window::new(minute, minute + MINUTE_MS);
                 if self.spec.lateness.classify(window, watermark) == Lateness::TooLate {
                     self.late += 1;
@@ -642,31 +664,21 @@ impl Operator for AdClickOperator {
                     );
                     continue;
                 }
-                self.dedup.evict(watermark);
             }
-            if let Some(event_id) = &event.event_id {
-                match self.dedup.check_and_insert(event_id.as_bytes(), time) {
-                    Verdict::New => {}
-                    Verdict::Duplicate => {
-                        self.duplicates += 1;
-                        continue;
-                    }
-                    Verdict::Expired => {
-                        self.late += 1;
-                        self.late_event(
-                            out,
-                            &event,
-                            Some(ad_id),
-                            record.timestamp,
-                            "beyond_dedup_horizon",
-                            format!(
-                                "event_time {time} is older than the dedup horizon ({} ms) allows",
-                                self.spec.dedup.horizon_ms
-                            ),
-                        );
-                        continue;
-                    }
-                }
+            if expired {
+                self.late += 1;
+                self.late_event(
+                    out,
+                    &event,
+                    Some(ad_id),
+                    record.timestamp,
+                    "beyond_dedup_horizon",
+                    format!(
+                        "event_time {time} is older than the dedup horizon ({} ms) allows",
+                        self.spec.dedup.horizon_ms
+                    ),
+                );
+                continue;
             }
             let mask = self.spec.filters.matches(country, ip, user_id);
             let ad = self.dict.intern(ad_id);

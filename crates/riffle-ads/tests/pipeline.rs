@@ -223,6 +223,12 @@ fn oracle(traffic: &Traffic, config: &AdsConfig) -> Oracle {
     };
     for click in &traffic.clicks {
         let minute = minute_of(click.time);
+        // Dedup first (a repeat of a too-late event is a duplicate, not a
+        // second late record), then lateness.
+        if !seen.insert(&click.event_id) {
+            oracle.duplicates += 1;
+            continue;
+        }
         if let Some(max) = max_time.get(&click.partition) {
             let watermark = max - config.out_of_orderness_ms;
             if minute + MINUTE_MS + config.allowed_lateness_ms <= watermark {
@@ -233,10 +239,6 @@ fn oracle(traffic: &Traffic, config: &AdsConfig) -> Oracle {
                 click.time >= watermark - config.dedup_horizon_ms,
                 "the config must keep every click that is not too late inside the dedup horizon"
             );
-        }
-        if !seen.insert(&click.event_id) {
-            oracle.duplicates += 1;
-            continue;
         }
         let max = max_time.entry(click.partition).or_insert(click.time);
         *max = (*max).max(click.time);

@@ -100,7 +100,7 @@ pub static CHECKPOINT_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static FRESHNESS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "riffle_stream_freshness_seconds",
-        "End-to-end freshness: wall clock when a result became queryable minus the append time of the newest input it reflects",
+        "End-to-end freshness: wall clock when the aggregate writer made a batch queryable minus the newest event time it reflects (records carry event time as timestamp)",
         &["pipeline"],
         SECONDS_BUCKETS.to_vec()
     )
