@@ -150,6 +150,12 @@ impl Server {
     /// Starts `riffle serve` on the test directory's data dir with fresh
     /// ports, retrying with other ports if one was taken meanwhile.
     pub async fn start(dir: &TestDir) -> Server {
+        Server::start_with_env(dir, &[]).await
+    }
+
+    /// [`Server::start`] with extra environment variables, e.g. config
+    /// overrides `("RIFFLE__ADS__EMIT_INTERVAL_MS", "20")`.
+    pub async fn start_with_env(dir: &TestDir, env: &[(&str, &str)]) -> Server {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -165,6 +171,7 @@ impl Server {
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
                 .env("RIFFLE_LOG", "info")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
