@@ -3,6 +3,7 @@
 //! read of a few rows, microseconds) directly on the async worker.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
+use crate::metrics::ADS_QUERY_SECONDS;
 use crate::state::AppState;
 
 impl From<query::QueryError> for ApiError {
@@ -54,12 +56,13 @@ pub async fn aggregated_count(
     ApiQuery(params): ApiQuery<CountParams>,
     headers: HeaderMap,
 ) -> Result<Json<CountAnswer>, ApiError> {
+    let started = Instant::now();
     let pipeline = pipeline(&state, &headers)?;
-    Ok(Json(query::aggregated_count(
-        &context(&pipeline),
-        &ad_id,
-        &params,
-    )?))
+    let answer = query::aggregated_count(&context(&pipeline), &ad_id, &params)?;
+    ADS_QUERY_SECONDS
+        .with_label_values(&["aggregated_count"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(answer))
 }
 
 pub async fn popular_ads(
@@ -67,8 +70,13 @@ pub async fn popular_ads(
     ApiQuery(params): ApiQuery<PopularParams>,
     headers: HeaderMap,
 ) -> Result<Json<PopularAnswer>, ApiError> {
+    let started = Instant::now();
     let pipeline = pipeline(&state, &headers)?;
-    Ok(Json(query::popular_ads(&context(&pipeline), &params)?))
+    let answer = query::popular_ads(&context(&pipeline), &params)?;
+    ADS_QUERY_SECONDS
+        .with_label_values(&["popular_ads"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(answer))
 }
 
 pub async fn filters(

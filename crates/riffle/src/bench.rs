@@ -87,6 +87,30 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The ad click service end to end against a `riffle serve` child process: event-to-queryable
+    /// freshness at a fixed ingest rate (server histogram and client probes), query latency
+    /// under concurrent aggregated_count / popular_ads load, and recovery time after SIGKILL.
+    AdsServe {
+        /// Ingest rate in events per second (event time = wall clock at send).
+        #[arg(long, default_value_t = 50_000.0)]
+        rate: f64,
+        /// Duration of the freshness run in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Concurrent connections of the query load.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Duration of the query load in seconds.
+        #[arg(long, default_value_t = 10)]
+        query_seconds: u64,
+        /// Directory to work in; the server's data directory is <DIR>/data (default: temporary,
+        /// under the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The riffle binary to run as the server (default: this executable).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -109,6 +133,24 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 emit_ms,
                 rate,
                 dir,
+            })
+            .await
+        }
+        BenchCommand::AdsServe {
+            rate,
+            seconds,
+            connections,
+            query_seconds,
+            dir,
+            server_bin,
+        } => {
+            crate::bench_serve::bench_ads_serve(crate::bench_serve::AdsServeArgs {
+                rate,
+                seconds,
+                connections,
+                query_seconds,
+                dir,
+                server_bin,
             })
             .await
         }

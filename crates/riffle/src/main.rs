@@ -5,6 +5,7 @@
 mod ads;
 mod bench;
 mod bench_ads;
+mod bench_serve;
 mod client;
 mod commands;
 mod simulate;
