@@ -25,7 +25,7 @@
 //! only — not on wall clock or tick timing — which is what makes replay
 //! after a crash reproduce the uninterrupted run.
 //!
-//! # Checkpointed state (format version 1, little-endian)
+//! # Checkpointed state (format version 2, little-endian)
 //!
 //! ```text
 //! magic "RFAD" | version u32 | max_event_time i64 (i64::MIN = none)
@@ -64,7 +64,8 @@ pub const AGGREGATES_SINK: usize = 0;
 pub const LATE_SINK: usize = 1;
 
 const MAGIC: &[u8; 4] = b"RFAD";
-const STATE_VERSION: u32 = 1;
+/// 2: window sums became u64.
+const STATE_VERSION: u32 = 2;
 const NOT_IN_TOP: u32 = u32::MAX;
 
 /// The compiled, validated pipeline settings shared by every task.

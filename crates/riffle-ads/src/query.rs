@@ -200,7 +200,7 @@ pub fn popular_ads(
                 return Err(QueryError::invalid(
                     "window",
                     format!(
-                        "no top-N is maintained over {minutes} minutes for filter {filter_id} (maintained: [{listed}]; config ads.popular)"
+                        "no top-N is maintained over a {minutes}-minute window for filter {filter_id} (maintained: [{listed}]; config ads.popular)"
                     ),
                 ));
             }

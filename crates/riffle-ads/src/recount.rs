@@ -65,6 +65,11 @@ pub enum RecountError {
     Bus(#[from] riffle_log::BusError),
     #[error(transparent)]
     Stream(#[from] riffle_stream::StreamError),
+    #[error(transparent)]
+    Store(#[from] crate::error::StoreError),
+    /// The aggregate writer did not catch up in time (recalc waits for it).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Progress of a recount: records read so far and the estimated total.

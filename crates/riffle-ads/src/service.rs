@@ -348,11 +348,7 @@ impl AdsPipeline {
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.scan(from, to, None))
             .await
-            .expect("store scan panicked")
-            .map_err(|e| RecountError::InvalidParam {
-                param: "from",
-                message: e.to_string(),
-            })?;
+            .expect("store scan panicked")?;
         let mut report = ReconcileReport {
             from,
             to,
@@ -465,16 +461,17 @@ impl AdsPipeline {
                 .await?;
                 let rows = counted.rows();
                 let (row_count, partial_count) = (rows.len() as u64, counted.partials.len() as u64);
+                // The range is final, so no new output for it is produced;
+                // but rows for it may still sit in the aggregates topic.
+                // Let the writer apply them first, or it would overwrite
+                // the recalculated values afterwards.
+                pipeline.wait_for_writer(Duration::from_secs(120)).await?;
                 let store = pipeline.store.clone();
                 tokio::task::spawn_blocking(move || {
                     store.replace_range(from, to, &rows, &counted.partials)
                 })
                 .await
-                .expect("store replace panicked")
-                .map_err(|e| RecountError::InvalidParam {
-                    param: "from",
-                    message: e.to_string(),
-                })?;
+                .expect("store replace panicked")?;
                 Ok::<_, RecountError>((row_count, partial_count))
             }
             .await;
@@ -496,6 +493,37 @@ impl AdsPipeline {
             }
         });
         Ok(id)
+    }
+
+    /// Waits until the writer has applied everything in the aggregates
+    /// topic up to its end offsets at the time of the call.
+    async fn wait_for_writer(&self, timeout: Duration) -> Result<(), RecountError> {
+        let ends: Vec<(u32, u64)> = self
+            .bus
+            .describe_topic(&self.config.aggregates_topic)
+            .await?
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.end_offset))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let positions = self.writer.snapshot().positions;
+            let caught_up = ends
+                .iter()
+                .all(|(p, end)| positions.get(p).copied().unwrap_or(0) >= *end);
+            if caught_up {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RecountError::Unavailable(format!(
+                    "the aggregate writer did not catch up with {} within {} s; nothing was replaced",
+                    self.config.aggregates_topic,
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn recalc_status(&self, id: u64) -> Option<RecalcStatus> {

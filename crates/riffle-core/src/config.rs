@@ -572,7 +572,7 @@ mod example_tests {
         })
         .unwrap();
         assert_eq!(config.log.segment_bytes, 128 << 20);
-        assert_eq!(config.ingest.routes["ad_impression"], "ad_clicks");
+        assert_eq!(config.ingest.routes["ad_impression"], "prod.ad_impressions");
         assert_eq!(
             config.ingest.routes["ad_click"], "ad_clicks",
             "unlisted routes keep defaults"

@@ -119,6 +119,8 @@ impl From<riffle_ads::recount::RecountError> for ApiError {
             RecountError::InvalidParam { .. } => ErrorCode::InvalidArgument,
             RecountError::Bus(error) => error.code(),
             RecountError::Stream(error) => error.code(),
+            RecountError::Store(error) => error.code(),
+            RecountError::Unavailable(_) => ErrorCode::Unavailable,
         };
         ApiError::new(code, e.to_string())
     }

@@ -412,7 +412,23 @@ where
             );
         }
         let start = start.max(first);
-        self.committed = committed.unwrap_or(start).max(start);
+        let end = self
+            .bus
+            .resolve_offset(&self.tp.topic, self.tp.partition, StartPosition::Latest)
+            .await?;
+        // A committed offset past the end (the log was restored from an
+        // older backup than the group offsets) must not suppress output of
+        // new input that reuses those offsets.
+        if committed.is_some_and(|c| c > end) {
+            tracing::warn!(
+                pipeline = %self.config.pipeline,
+                partition = self.tp.partition,
+                committed = ?committed,
+                end,
+                "committed offset is past the end of the input; ignoring it"
+            );
+        }
+        self.committed = committed.unwrap_or(start).min(end).max(start);
         Ok(start)
     }
 

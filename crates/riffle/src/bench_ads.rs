@@ -47,8 +47,11 @@ async fn prefill(
     args: &AdsBenchArgs,
     template: &TopicConfig,
 ) -> anyhow::Result<()> {
+    // Generated event times are in the past: keep the data whatever its
+    // age, or time retention would delete it under the running tasks.
     let config = TopicConfig {
         partitions: args.partitions,
+        retention_ms: -1,
         ..template.clone()
     };
     log.create_topic("ad_clicks", config).await?;
