@@ -22,6 +22,9 @@
 //!   oracle of the model-based tests.
 //! * [`conformance`], the suite every backend passes, instantiated with
 //!   [`aggregate_store_suite!`]; a PostgreSQL backend adds one line to run it.
+//! * `archive` (feature `parquet`, on by default): the hourly Parquet
+//!   archive of the raw input by log offset range, which [`recount`] can
+//!   replay instead of the log once log retention has deleted the events.
 //!
 //! # Why the writer is exactly-once
 //!
@@ -43,6 +46,8 @@
 //!
 //! [`apply`]: AggregateStore::apply
 
+#[cfg(feature = "parquet")]
+pub mod archive;
 pub mod conformance;
 mod error;
 pub mod filter;

@@ -1,8 +1,10 @@
 //! The running ad click pipeline: one [`AdClickOperator`] task per input
-//! partition, the aggregate writer, retention of the store, and the status
+//! partition, the aggregate writer, retention of the store, the hourly
+//! Parquet archive of the raw input (feature `parquet`), and the status
 //! that `GET /v1/pipelines` and the `complete` flag of queries read.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::filter::FilterInfo;
 use crate::metrics;
 use crate::operator::{AdClickOperator, AdsSpec};
-use crate::recount::{recount, RecountError};
+use crate::recount::{recount_from, RecountError, RecountSource};
 use crate::store::{AggregateStore, MINUTE_MS};
 use crate::writer::{run_writer, WriterConfig, WriterSnapshot, WriterStatus};
 
@@ -37,6 +39,12 @@ pub struct AdsPipeline {
     writer: Arc<WriterStatus>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     recalcs: Mutex<BTreeMap<u64, Arc<Mutex<RecalcStatus>>>>,
+    /// `ads.archive_dir` as given (the server makes it absolute); `None`
+    /// when archiving is off.
+    archive_dir: Option<PathBuf>,
+    /// One archive pass at a time (the loop and `POST /v1/ads/archive`).
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
+    archive_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Most mismatches listed in one reconciliation report (all are counted).
@@ -57,6 +65,8 @@ pub struct Mismatch {
 pub struct ReconcileReport {
     pub from: i64,
     pub to: i64,
+    /// `log` or `parquet`: where the raw events were read.
+    pub source: &'static str,
     pub stored_rows: u64,
     pub expected_rows: u64,
     /// Sum of the unfiltered counts (filter 0) in the store and recounted.
@@ -76,6 +86,8 @@ pub struct RecalcStatus {
     pub id: u64,
     pub from: i64,
     pub to: i64,
+    /// `log` or `parquet`: where the raw events are read.
+    pub source: &'static str,
     /// `running`, `done` or `failed`.
     pub state: &'static str,
     pub records_read: u64,
@@ -186,6 +198,9 @@ impl AdsPipeline {
             writer: writer.clone(),
             handles: Mutex::new(Vec::new()),
             recalcs: Mutex::new(BTreeMap::new()),
+            archive_dir: (!config.archive_dir.is_empty())
+                .then(|| PathBuf::from(&config.archive_dir)),
+            archive_lock: Arc::new(tokio::sync::Mutex::new(())),
         });
         let mut handles = Vec::new();
         for (partition, status) in (0..partitions).zip(tasks) {
@@ -233,6 +248,17 @@ impl AdsPipeline {
                 let _ = run_writer(bus, store, clock, writer_config, writer, shutdown).await;
             }
         }));
+        #[cfg(feature = "parquet")]
+        if let Some(dir) = pipeline.archive_dir.clone() {
+            handles.push(tokio::spawn(archive_loop(
+                bus.clone(),
+                config.input_topic.clone(),
+                dir,
+                pipeline.archive_lock.clone(),
+                Duration::from_millis(config.archive_interval_ms),
+                shutdown.clone(),
+            )));
+        }
         handles.push(tokio::spawn(retention_loop(
             store,
             clock,
@@ -332,14 +358,55 @@ impl AdsPipeline {
         }
     }
 
-    /// Recounts `[from, to)` from the raw events in the log and compares
+    /// The recount source named `log` (also when `None`) or `parquet`.
+    pub fn recount_source(&self, name: Option<&str>) -> Result<RecountSource, RecountError> {
+        match name.unwrap_or("log") {
+            "log" => Ok(RecountSource::Log),
+            "parquet" if !cfg!(feature = "parquet") => Err(RecountError::InvalidParam {
+                param: "source",
+                message: "parquet: this riffle was built without the parquet feature".into(),
+            }),
+            "parquet" => match &self.archive_dir {
+                Some(dir) => Ok(RecountSource::Parquet(dir.clone())),
+                None => Err(RecountError::InvalidParam {
+                    param: "source",
+                    message: "parquet: there is no archive (ads.archive_dir is empty)".into(),
+                }),
+            },
+            other => Err(RecountError::InvalidParam {
+                param: "source",
+                message: format!("{other:?} is not \"log\" or \"parquet\""),
+            }),
+        }
+    }
+
+    /// Archives the input written since the last pass now (the same pass
+    /// the hourly loop runs).
+    #[cfg(feature = "parquet")]
+    pub async fn archive_now(
+        &self,
+    ) -> Result<crate::archive::ArchiveReport, crate::archive::ArchiveError> {
+        let Some(dir) = &self.archive_dir else {
+            return Err(crate::archive::ArchiveError::Disabled);
+        };
+        let _pass = self.archive_lock.lock().await;
+        crate::archive::archive_once(&self.bus, &self.config.input_topic, dir).await
+    }
+
+    /// Recounts `[from, to)` from the raw events in `source` and compares
     /// every (minute, ad, filter) with the store. Sets the
     /// `riffle_ads_reconcile_mismatches` gauge.
-    pub async fn reconcile(&self, from: i64, to: i64) -> Result<ReconcileReport, RecountError> {
-        let counted = recount(
+    pub async fn reconcile(
+        &self,
+        from: i64,
+        to: i64,
+        source: &RecountSource,
+    ) -> Result<ReconcileReport, RecountError> {
+        let counted = recount_from(
             &self.bus,
             &self.spec,
             &self.config.input_topic,
+            source,
             from,
             to,
             &|_, _| {},
@@ -352,6 +419,7 @@ impl AdsPipeline {
         let mut report = ReconcileReport {
             from,
             to,
+            source: source.name(),
             stored_rows: stored.len() as u64,
             expected_rows: counted.rows.len() as u64,
             stored_total: stored
@@ -403,12 +471,17 @@ impl AdsPipeline {
         Ok(report)
     }
 
-    /// Starts recalculating `[from, to)`: a recount from the log replaces
+    /// Starts recalculating `[from, to)`: a recount from `source` replaces
     /// the range's counts and the tops of windows ending in `(from, to]` in
     /// one store transaction. The range must be final (`to + allowed
     /// lateness` at or before the watermark) so the live pipeline can no
     /// longer change it.
-    pub fn start_recalc(self: &Arc<Self>, from: i64, to: i64) -> Result<u64, RecountError> {
+    pub fn start_recalc(
+        self: &Arc<Self>,
+        from: i64,
+        to: i64,
+        source: RecountSource,
+    ) -> Result<u64, RecountError> {
         crate::recount::check_range(from, to)?;
         let lateness = self.config.allowed_lateness_ms;
         let final_until = self.watermark().map(|w| w - lateness);
@@ -428,6 +501,7 @@ impl AdsPipeline {
                 id,
                 from,
                 to,
+                source: source.name(),
                 state: "running",
                 records_read: 0,
                 records_total: 0,
@@ -450,10 +524,11 @@ impl AdsPipeline {
                 s.records_total = total;
             };
             let result = async {
-                let counted = recount(
+                let counted = recount_from(
                     &pipeline.bus,
                     &pipeline.spec,
                     &pipeline.config.input_topic,
+                    &source,
                     from,
                     to,
                     &progress,
@@ -535,6 +610,42 @@ impl AdsPipeline {
         let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock());
         for handle in handles {
             let _ = handle.await;
+        }
+    }
+}
+
+/// Archives the new input every `interval`, the first pass one interval
+/// after start. A failed pass is logged and retried at the next one.
+#[cfg(feature = "parquet")]
+async fn archive_loop(
+    bus: Arc<dyn EventBus>,
+    input_topic: String,
+    dir: PathBuf,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let _pass = lock.lock().await;
+        match crate::archive::archive_once(&bus, &input_topic, &dir).await {
+            Ok(report) if !report.files.is_empty() => tracing::info!(
+                files = report.files.len(),
+                records = report.records,
+                bytes = report.bytes,
+                dir = %dir.display(),
+                "raw input archived"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, dir = %dir.display(), "archive pass failed"),
         }
     }
 }

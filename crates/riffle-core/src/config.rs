@@ -47,6 +47,11 @@ pub struct AdsConfig {
     pub top_n: u32,
     /// Aggregates older than this are deleted from the store.
     pub retention_ms: i64,
+    /// Directory of the Parquet archive of the raw input (relative paths
+    /// are under `server.data_dir`); empty turns archiving off.
+    pub archive_dir: String,
+    /// How often the input written since the last pass is archived.
+    pub archive_interval_ms: u64,
     pub filters: Vec<AdFilterConfig>,
     pub popular: Vec<PopularConfig>,
 }
@@ -152,6 +157,9 @@ impl AdsConfig {
                 "retention_ms",
                 format!("{} must be positive", self.retention_ms),
             );
+        }
+        if !self.archive_dir.is_empty() && self.archive_interval_ms == 0 {
+            return err("archive_interval_ms", "must be at least 1".into());
         }
         let mut ids = std::collections::BTreeSet::new();
         let mut names = std::collections::BTreeSet::new();
@@ -474,6 +482,21 @@ mod tests {
         assert_eq!(config.server.http_addr, "127.0.0.1:8080");
         assert_eq!(config.ingest.routes["ad_click"], "ad_clicks");
         assert_eq!(config.log.fsync, FsyncPolicy::Group);
+    }
+
+    #[test]
+    fn archive_keys_default_to_hourly_and_need_an_interval() {
+        let mut ads = Config::defaults().ads;
+        assert_eq!(
+            (ads.archive_dir.as_str(), ads.archive_interval_ms),
+            ("archive", 3_600_000)
+        );
+        ads.archive_interval_ms = 0;
+        let err = ads.validate().unwrap_err();
+        assert!(err.to_string().contains("ads.archive_interval_ms"), "{err}");
+        ads.archive_dir = String::new();
+        ads.validate()
+            .expect("no interval is needed without an archive");
     }
 
     #[test]

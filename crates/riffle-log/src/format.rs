@@ -489,6 +489,35 @@ impl RecordSet {
         set
     }
 
+    /// Frames records built outside the log (e.g. read back from an
+    /// archive) as if they had been fetched: batch `i` gets `base_offset` of
+    /// its pair and consecutive offsets after it. Empty batches are skipped;
+    /// base offsets must increase past the previous batch's last offset.
+    pub fn from_batches<'a>(batches: impl IntoIterator<Item = (u64, &'a RecordBatch)>) -> Self {
+        let mut data = Vec::new();
+        let mut first_offset = None;
+        let mut next_offset = 0u64;
+        for (base_offset, batch) in batches {
+            if batch.is_empty() {
+                continue;
+            }
+            debug_assert!(
+                first_offset.is_none() || base_offset >= next_offset,
+                "batches out of offset order"
+            );
+            first_offset.get_or_insert(base_offset);
+            next_offset = base_offset + batch.len() as u64;
+            data.extend_from_slice(&batch.header(base_offset, 0, 0));
+            data.extend_from_slice(batch.records_bytes());
+        }
+        RecordSet::from_validated(Bytes::from(data), first_offset.unwrap_or(0))
+    }
+
+    /// [`RecordSet::from_batches`] of one batch.
+    pub fn from_batch(batch: &RecordBatch, base_offset: u64) -> Self {
+        Self::from_batches([(base_offset, batch)])
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -565,6 +594,47 @@ mod tests {
         let mut out = batch.header(base, 0, 0).to_vec();
         out.extend_from_slice(batch.records_bytes());
         out
+    }
+
+    #[test]
+    fn record_set_from_batches_keeps_offsets_and_gaps() {
+        let mut first = RecordBatch::new();
+        first.push(Some(b"k"), b"a", 10);
+        first.push(None, b"b", 5);
+        let mut second = RecordBatch::new();
+        second.push(Some(b"k2"), b"c", 20);
+        let set = RecordSet::from_batches([(7, &first), (12, &RecordBatch::new()), (12, &second)]);
+        type Row = (u64, i64, Option<Vec<u8>>, Vec<u8>);
+        let read: Vec<Row> = set
+            .iter()
+            .map(|r| {
+                (
+                    r.offset,
+                    r.timestamp,
+                    r.key.map(<[u8]>::to_vec),
+                    r.value.to_vec(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            read,
+            vec![
+                (7, 10, Some(b"k".to_vec()), b"a".to_vec()),
+                (8, 5, None, b"b".to_vec()),
+                (12, 20, Some(b"k2".to_vec()), b"c".to_vec()),
+            ]
+        );
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.next_offset(), Some(13));
+        // The bytes are what the log would have served: valid batches.
+        let bytes = stored(&first, 7);
+        assert_eq!(validate_batch(&bytes).unwrap().next_offset(), 9);
+        let single = RecordSet::from_batch(&second, 40);
+        assert_eq!(
+            single.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![40]
+        );
+        assert!(RecordSet::from_batches([]).is_empty());
     }
 
     #[test]

@@ -121,17 +121,27 @@ impl From<riffle_ads::recount::RecountError> for ApiError {
             RecountError::Stream(error) => error.code(),
             RecountError::Store(error) => error.code(),
             RecountError::Unavailable(_) => ErrorCode::Unavailable,
+            RecountError::Archive(error) => error.code(),
         };
         ApiError::new(code, e.to_string())
     }
 }
 
-/// `{"from","to"}` of reconcile and recalc: epoch ms or RFC 3339.
+impl From<riffle_ads::archive::ArchiveError> for ApiError {
+    fn from(e: riffle_ads::archive::ArchiveError) -> Self {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+/// `{"from","to","source"}` of reconcile and recalc: epoch ms or RFC 3339;
+/// `source` is `"log"` (default) or `"parquet"`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RangeBody {
     from: Value,
     to: Value,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 fn range_param(param: &'static str, value: &Value) -> Result<i64, ApiError> {
@@ -147,12 +157,16 @@ fn range_param(param: &'static str, value: &Value) -> Result<i64, ApiError> {
     })
 }
 
-fn parse_range(body: &[u8]) -> Result<(i64, i64), ApiError> {
+fn parse_range(
+    pipeline: &AdsPipeline,
+    body: &[u8],
+) -> Result<(i64, i64, riffle_ads::recount::RecountSource), ApiError> {
     let range: RangeBody =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     Ok((
         range_param("from", &range.from)?,
         range_param("to", &range.to)?,
+        pipeline.recount_source(range.source.as_deref())?,
     ))
 }
 
@@ -173,8 +187,8 @@ pub async fn reconcile(
     body: axum::body::Bytes,
 ) -> Result<Json<riffle_ads::service::ReconcileReport>, ApiError> {
     let pipeline = admin_pipeline(&state, &headers)?;
-    let (from, to) = parse_range(&body)?;
-    Ok(Json(pipeline.reconcile(from, to).await?))
+    let (from, to, source) = parse_range(&pipeline, &body)?;
+    Ok(Json(pipeline.reconcile(from, to, &source).await?))
 }
 
 pub async fn start_recalc(
@@ -183,9 +197,18 @@ pub async fn start_recalc(
     body: axum::body::Bytes,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     let pipeline = admin_pipeline(&state, &headers)?;
-    let (from, to) = parse_range(&body)?;
-    let id = pipeline.start_recalc(from, to)?;
+    let (from, to, source) = parse_range(&pipeline, &body)?;
+    let id = pipeline.start_recalc(from, to, source)?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "id": id }))))
+}
+
+/// `POST /v1/ads/archive`: one archive pass now (what the hourly loop does).
+pub async fn archive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<riffle_ads::archive::ArchiveReport>, ApiError> {
+    let pipeline = admin_pipeline(&state, &headers)?;
+    Ok(Json(pipeline.archive_now().await?))
 }
 
 pub async fn recalc_status(

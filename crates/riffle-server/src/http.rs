@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/ads/reconcile", post(crate::ads::reconcile))
         .route("/v1/ads/recalc", post(crate::ads::start_recalc))
+        .route("/v1/ads/archive", post(crate::ads::archive))
         .route("/v1/ads/recalc/{id}", get(crate::ads::recalc_status))
         .route("/v1/pipelines", get(crate::ads::pipelines))
         .route(

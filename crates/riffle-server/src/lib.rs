@@ -336,12 +336,19 @@ async fn start_ads(
         partitions: config.ingest.topic_partitions,
         ..log_defaults.clone()
     };
+    // The archive directory is relative to the data directory like the
+    // other paths; the pipeline takes it as given.
+    let mut ads_config = config.ads.clone();
+    if !ads_config.archive_dir.is_empty() {
+        let archive_dir = config.server.data_dir.join(&ads_config.archive_dir);
+        ads_config.archive_dir = archive_dir.to_string_lossy().into_owned();
+    }
     let pipeline = riffle_ads::AdsPipeline::start(
         bus.clone(),
         store,
         checkpoints,
         clock.clone(),
-        &config.ads,
+        &ads_config,
         &template,
         stop,
     )

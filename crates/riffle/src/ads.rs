@@ -24,9 +24,10 @@ pub async fn reconcile(
     client: &Client,
     from: &str,
     to: &str,
+    source: &str,
     json_output: bool,
 ) -> anyhow::Result<()> {
-    let body = json!({ "from": time_value(from)?, "to": time_value(to)? });
+    let body = json!({ "from": time_value(from)?, "to": time_value(to)?, "source": source });
     let (_, report) = client
         .send_json(
             client
@@ -39,9 +40,10 @@ pub async fn reconcile(
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "range [{}, {}): {} stored rows, {} recounted rows, clicks stored {} / recounted {}, {} raw records read",
+            "range [{}, {}): {} stored rows, {} recounted rows, clicks stored {} / recounted {}, {} raw records read from the {}",
             report["from"], report["to"], report["stored_rows"], report["expected_rows"],
-            report["stored_total"], report["expected_total"], report["records_read"]
+            report["stored_total"], report["expected_total"], report["records_read"],
+            report["source"].as_str().unwrap_or("log")
         );
         for m in report["mismatches"].as_array().into_iter().flatten() {
             println!(
@@ -66,12 +68,7 @@ pub async fn reconcile(
 
 /// Starts a recalculation and follows it with a progress bar on stderr.
 pub async fn recalc(client: &Client, from: &str, to: &str, source: &str) -> anyhow::Result<()> {
-    if source != "log" {
-        bail!(
-            "--source {source:?}: only \"log\" is available (the Parquet archive is not built yet)"
-        );
-    }
-    let body = json!({ "from": time_value(from)?, "to": time_value(to)? });
+    let body = json!({ "from": time_value(from)?, "to": time_value(to)?, "source": source });
     let (_, started) = client
         .send_json(client.request(Method::POST, "/v1/ads/recalc").json(&body))
         .await?;

@@ -136,8 +136,8 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Recount ad clicks of a time range from the raw events in the log and report every
-    /// (ad, minute, filter) whose stored count differs; exits with status 1 on a mismatch.
+    /// Recount ad clicks of a time range from the raw events (log or Parquet archive) and report
+    /// every (ad, minute, filter) whose stored count differs; exits with status 1 on a mismatch.
     Reconcile {
         /// Range start (inclusive): epoch ms or RFC 3339, minute-aligned.
         #[arg(long, allow_hyphen_values = true)]
@@ -145,6 +145,10 @@ enum Command {
         /// Range end (exclusive): epoch ms or RFC 3339, minute-aligned.
         #[arg(long, allow_hyphen_values = true)]
         to: String,
+        /// Where raw events are read from: the log, or the Parquet archive (continued from the
+        /// log past its newest file) for ranges the log's retention has deleted.
+        #[arg(long, default_value = "log", value_parser = ["log", "parquet"])]
+        source: String,
         /// Print the whole report as JSON.
         #[arg(long)]
         json: bool,
@@ -161,8 +165,9 @@ enum Command {
         /// its end plus the allowed lateness at or before the pipeline watermark.
         #[arg(long, allow_hyphen_values = true)]
         to: String,
-        /// Where raw events are read from. Only `log` exists today.
-        #[arg(long, default_value = "log")]
+        /// Where raw events are read from: the log, or the Parquet archive (continued from the
+        /// log past its newest file) for ranges the log's retention has deleted.
+        #[arg(long, default_value = "log", value_parser = ["log", "parquet"])]
         source: String,
         #[command(flatten)]
         client: ClientOpts,
@@ -381,11 +386,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile {
             from,
             to,
+            source,
             json,
             client,
         } => {
             init_tracing(LogFormat::Text, "warn");
-            ads::reconcile(&client.client()?, &from, &to, json).await
+            ads::reconcile(&client.client()?, &from, &to, &source, json).await
         }
         Command::Recalc {
             from,
