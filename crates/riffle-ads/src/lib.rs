@@ -37,12 +37,16 @@
 //! ([`StoreError::PositionRegressed`]) instead of overwriting newer counts
 //! with older ones.
 //!
-//! # Not built yet
+//! # The pipeline on top
 //!
-//! The ad click pipeline (map, keyed per-minute counts, top-N reduce), the
-//! `ad_click_aggregates` topic and the writer that consumes it, the HTTP
-//! queries (`aggregated_count`, `popular_ads`, `filters`), and the recalc /
-//! reconcile commands. They build on this layer.
+//! [`operator`] (one [`AdClickOperator`] per input partition: dedup,
+//! lateness, per-minute counts per ad and filter, exact top-N per window),
+//! [`records`] (the `ad_click_aggregates` and late topic records),
+//! [`writer`] (the aggregate writer; the store merges partial tops — the
+//! reduce step), [`service`] (the running [`AdsPipeline`]: tasks, writer,
+//! retention, status, reconcile and recalc jobs), [`recount`] (batch
+//! recount from the log or the archive) and [`query`] (the HTTP query
+//! rules). ADR 0002 explains the exactly-once argument.
 //!
 //! [`apply`]: AggregateStore::apply
 

@@ -128,8 +128,20 @@ async fn open_log(root: &Path, clock: Arc<ManualClock>) -> Arc<dyn EventBus> {
     Arc::new(log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recount_from_the_archive_equals_the_log_and_outlives_its_retention() {
+/// Generated traffic and an empty input topic (one-day time retention,
+/// small segments) on a log whose clock stands at the traffic's end.
+struct Setup {
+    events: Vec<(i64, Vec<u8>)>,
+    start: i64,
+    end: i64,
+    dir: tempfile::TempDir,
+    archive: std::path::PathBuf,
+    clock: Arc<ManualClock>,
+    log: Arc<EmbeddedLog>,
+    bus: Arc<dyn EventBus>,
+}
+
+async fn setup() -> Setup {
     let events = traffic();
     let start = events.iter().map(|(t, _)| *t).min().unwrap();
     let end = events.iter().map(|(t, _)| *t).max().unwrap();
@@ -159,6 +171,30 @@ async fn recount_from_the_archive_equals_the_log_and_outlives_its_retention() {
     )
     .await
     .unwrap();
+    Setup {
+        events,
+        start,
+        end,
+        dir,
+        archive,
+        clock,
+        log,
+        bus,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recount_from_the_archive_equals_the_log_and_outlives_its_retention() {
+    let Setup {
+        events,
+        start,
+        end,
+        dir: _dir,
+        archive,
+        clock,
+        log,
+        bus,
+    } = setup().await;
 
     // Three parts: archived, archived by a second pass, never archived.
     let (first, rest) = events.split_at(events.len() / 2);
@@ -290,35 +326,16 @@ async fn archiving_a_recreated_topic_leaves_the_archive_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_left_by_log_retention_is_reported_and_refused() {
-    let events = traffic();
-    let start = events.iter().map(|(t, _)| *t).min().unwrap();
-    let end = events.iter().map(|(t, _)| *t).max().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive");
-    let clock = Arc::new(ManualClock::new(end));
-    let log = {
-        let root = dir.path().join("log");
-        let clock = clock.clone();
-        tokio::task::spawn_blocking(move || {
-            EmbeddedLog::open_with_clock(root, LogOptions::default(), clock)
-        })
-        .await
-        .unwrap()
-        .expect("open the embedded log")
-    };
-    let log = Arc::new(log);
-    let bus: Arc<dyn EventBus> = log.clone();
-    bus.create_topic(
-        INPUT,
-        TopicConfig {
-            partitions: PARTITIONS,
-            retention_ms: DAY_MS,
-            retention_bytes: -1,
-            segment_bytes: 64 << 10,
-        },
-    )
-    .await
-    .unwrap();
+    let Setup {
+        events,
+        start,
+        end,
+        dir: _dir,
+        archive,
+        clock,
+        log,
+        bus,
+    } = setup().await;
     let (first, second) = events.split_at(events.len() / 2);
     append(bus.as_ref(), first).await;
     let pass = archive_once(&bus, INPUT, &archive).await.unwrap();
