@@ -80,6 +80,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    let core = state.config.server.roles.iter().any(|r| {
+        matches!(
+            r,
+            riffle_core::config::Role::Ingest
+                | riffle_core::config::Role::Process
+                | riffle_core::config::Role::Serve
+        )
+    });
+    if !core {
+        return (StatusCode::OK, "ready (datasets only)\n").into_response();
+    }
     match state.services() {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(_) => (
@@ -94,6 +105,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(services) = state.services() {
         crate::metrics::refresh(&services);
     }
+    metrics_text().await
+}
+
+/// The process-wide registry in the Prometheus text format.
+pub(crate) async fn metrics_text() -> Response {
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&prometheus::gather(), &mut out) {

@@ -4,8 +4,10 @@
 
 mod ads;
 mod auth;
+pub mod datasets;
 pub mod error;
 pub mod grpc;
+mod grpc_datasets;
 pub mod http;
 pub mod metrics;
 pub mod state;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use riffle_core::config::Config;
+use riffle_core::config::{Config, Role};
 use riffle_core::time::{Clock, SystemClock};
 use riffle_ingest::Ingestor;
 use riffle_log::{EmbeddedLog, EventBus, LogOptions};
@@ -35,6 +37,66 @@ use crate::state::{AppState, Services};
 pub struct BoundAddrs {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// With role `datasets-publish`.
+    pub datasets_publish: Option<SocketAddr>,
+    /// With role `datasets-consume`.
+    pub datasets_consume: Option<SocketAddr>,
+}
+
+/// Binds a listener of `key` (a config key, for the error message).
+fn bind_std(addr: &str, key: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("{key}: cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` from a runtime of its own (`workers`
+/// threads) in a thread of its own, until `stop`.
+fn spawn_dedicated(
+    name: &'static str,
+    workers: usize,
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("{name}: cannot start its runtime"))?;
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let handle = axum_server::Handle::new();
+                {
+                    let handle = handle.clone();
+                    let mut stop = stop;
+                    tokio::spawn(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        handle.graceful_shutdown(Some(grace));
+                    });
+                }
+                let app = router.into_make_service();
+                if let Some(rustls) = tls {
+                    axum_server::from_tcp_rustls(listener, rustls)
+                        .handle(handle)
+                        .serve(app)
+                        .await?;
+                } else {
+                    axum_server::from_tcp(listener)
+                        .handle(handle)
+                        .serve(app)
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        })?;
+    Ok(thread)
 }
 
 /// Runs `riffle serve` until `shutdown` resolves, then drains connections,
@@ -97,12 +159,45 @@ pub async fn serve(
                 config.server.grpc_addr
             )
         })?;
+    let roles = &config.server.roles;
+    let publish_listener = if roles.contains(&Role::DatasetsPublish) {
+        Some(bind_std(
+            &config.datasets.publish_addr,
+            "datasets.publish_addr",
+        )?)
+    } else {
+        None
+    };
+    let consume_listener = if roles.contains(&Role::DatasetsConsume) {
+        Some(bind_std(
+            &config.datasets.consume_addr,
+            "datasets.consume_addr",
+        )?)
+    } else {
+        None
+    };
     let bound = BoundAddrs {
         http: http_listener.local_addr()?,
         grpc: grpc_listener.local_addr()?,
+        datasets_publish: publish_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
+        datasets_consume: consume_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
     };
     on_bound(bound);
-    info!(http = %bound.http, grpc = %bound.grpc, tls = config.server.tls.enabled, "listening");
+    let show = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+    info!(
+        http = %bound.http,
+        grpc = %bound.grpc,
+        datasets_publish = %show(bound.datasets_publish),
+        datasets_consume = %show(bound.datasets_consume),
+        tls = config.server.tls.enabled,
+        "listening"
+    );
 
     let admin_token = if config.auth.admin_token.is_empty() {
         let path = config.admin_token_path();
@@ -125,13 +220,61 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let (datasets_tx, datasets_rx) = watch::channel(None);
+    let mut datasets_threads = Vec::new();
+    let mut datasets_tasks = Vec::new();
+    if publish_listener.is_some() || consume_listener.is_some() {
+        let (state, tasks) = start_datasets(
+            &config,
+            admin_token.clone(),
+            publish_listener.is_some(),
+            stop_rx.clone(),
+        )
+        .await?;
+        let _ = datasets_tx.send(Some(state));
+        datasets_tasks = tasks;
+        let app = datasets::DatasetsApp {
+            state: datasets_rx.clone(),
+        };
+        if let Some(listener) = publish_listener {
+            datasets_threads.push(spawn_dedicated(
+                "ds-publish",
+                config.datasets.publish_workers,
+                listener,
+                datasets::publish_router(app.clone()),
+                http_tls.clone(),
+                stop_rx.clone(),
+                grace,
+            )?);
+        }
+        if let Some(listener) = consume_listener {
+            datasets_threads.push(spawn_dedicated(
+                "ds-consume",
+                config.datasets.consume_workers,
+                listener,
+                datasets::consume_router(app),
+                http_tls.clone(),
+                stop_rx.clone(),
+                grace,
+            )?);
+        }
+    }
+
     // Recover the log in the background so health and readiness answer
     // while a large log is scanned.
+    let core_roles = roles
+        .iter()
+        .any(|r| matches!(r, Role::Ingest | Role::Process | Role::Serve));
     let recovery = {
         let config = config.clone();
         let services_tx = services_tx.clone();
         let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
+            if !core_roles {
+                info!("ready (no ingest, process or serve role: the log is not opened)");
+                return Ok(());
+            }
             let result = start_services(&config, admin_token, stop_rx).await;
             match result {
                 Ok(services) => {
@@ -188,6 +331,7 @@ pub async fn serve(
         let service = grpc::IngestService {
             services: services_rx.clone(),
         };
+        let datasets_service = grpc_datasets::server(datasets_rx.clone());
         let tls_identity = tls_identity.clone();
         let max_message = config.ingest.max_body_bytes;
         tokio::spawn(async move {
@@ -203,6 +347,7 @@ pub async fn serve(
                     proto::ingest_server::IngestServer::new(service)
                         .max_decoding_message_size(max_message),
                 )
+                .add_service(datasets_service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                     async move {
@@ -245,6 +390,19 @@ pub async fn serve(
                 Ok(())
             }
         };
+    for thread in datasets_threads {
+        let joined = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("dataset listener thread")?;
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "dataset listener failed"),
+            Err(_) => warn!("dataset listener thread panicked"),
+        }
+    }
+    for task in datasets_tasks {
+        let _ = task.await;
+    }
     let services = services_tx.borrow().clone();
     if let Some(services) = services {
         if let Some(ads) = &services.ads {
@@ -360,4 +518,65 @@ async fn start_ads(
         "ad click pipeline started"
     );
     Ok(pipeline)
+}
+
+/// Opens the dataset metadata store (SQLite), the blob store and the master
+/// key, builds the service and starts its background loops (cache refresh
+/// always; rollout driver and janitor with the publish role).
+async fn start_datasets(
+    config: &Config,
+    admin_token: String,
+    publish_role: bool,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    Arc<datasets::DatasetsState>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    let ds = &config.datasets;
+    let base = config.server.data_dir.join("datasets");
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let store = if ds.metadata_url.is_empty() {
+        riffle_datasets::SqliteMetadataStore::open(&base.join("metadata.db")).await
+    } else {
+        riffle_datasets::SqliteMetadataStore::connect(&ds.metadata_url).await
+    }
+    .map_err(|e| anyhow::anyhow!("datasets metadata store: {e}"))?;
+    let blob_dir = config.server.data_dir.join(&ds.blob_dir);
+    let blobs = riffle_datasets::ObjectBlobStore::local(&blob_dir)
+        .map_err(|e| anyhow::anyhow!("datasets.blob_dir {}: {e}", blob_dir.display()))?;
+    let master = if ds.master_key.is_empty() {
+        riffle_datasets::crypto::MasterKey::load_or_create(&base.join("master.key"))
+    } else {
+        riffle_datasets::crypto::MasterKey::from_hex(&ds.master_key, "datasets.master_key")
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let service_config = riffle_datasets::service::ServiceConfig {
+        inline_max_bytes: ds.inline_max_bytes,
+        max_payload_bytes: (ds.max_payload_bytes > 0).then_some(ds.max_payload_bytes),
+        cache_refresh: Duration::from_millis(ds.cache_refresh_ms),
+        max_wait: Duration::from_millis(ds.max_wait_ms),
+        rollout_tick: Duration::from_millis(ds.rollout_tick_ms),
+        janitor_interval: Duration::from_millis(ds.janitor_interval_ms),
+        orphan_grace_ms: ds.orphan_grace_ms.min(i64::MAX as u64) as i64,
+        consumed_flush: Duration::from_secs(10),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let service = riffle_datasets::DatasetService::start(
+        Arc::new(store),
+        Arc::new(blobs),
+        clock,
+        master,
+        service_config,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("dataset service: {e}"))?;
+    let tasks = service.spawn_background(publish_role, stop);
+    info!(
+        blob_dir = %blob_dir.display(),
+        publish = publish_role,
+        "dataset service started"
+    );
+    let policy =
+        riffle_datasets::access::AccessPolicy::new(admin_token, config.datasets.tokens.clone());
+    Ok((Arc::new(datasets::DatasetsState { service, policy }), tasks))
 }

@@ -111,6 +111,10 @@ pub enum BenchCommand {
         #[arg(long)]
         server_bin: Option<PathBuf>,
     },
+    /// Dataset pub/sub against a `riffle serve --roles datasets-publish,datasets-consume` child:
+    /// publish → N long-polling subscribers all updated (p50/p99/max), consume-path throughput
+    /// (wrk if on the PATH), and etcd watch propagation with as many watchers as the peer.
+    Datasets(crate::bench_datasets::DatasetsBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -136,6 +140,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             })
             .await
         }
+        BenchCommand::Datasets(args) => crate::bench_datasets::bench_datasets(args).await,
         BenchCommand::AdsServe {
             rate,
             seconds,
@@ -449,6 +454,8 @@ async fn bench_ingest(
             let spawned = ServerChild(
                 std::process::Command::new(std::env::current_exe()?)
                     .arg("serve")
+                    .args(["--datasets-publish-addr", "127.0.0.1:0"])
+                    .args(["--datasets-consume-addr", "127.0.0.1:0"])
                     .arg("--data-dir")
                     .arg(dir.join("data"))
                     .arg("--http-addr")

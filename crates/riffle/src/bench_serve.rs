@@ -448,6 +448,8 @@ impl Server {
         let mut command = Command::new(&self.bin);
         command
             .arg("serve")
+            .args(["--datasets-publish-addr", "127.0.0.1:0"])
+            .args(["--datasets-consume-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--http-addr")

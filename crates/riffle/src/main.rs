@@ -5,9 +5,11 @@
 mod ads;
 mod bench;
 mod bench_ads;
+mod bench_datasets;
 mod bench_serve;
 mod client;
 mod commands;
+mod datasets;
 mod simulate;
 
 use std::path::PathBuf;
@@ -69,6 +71,14 @@ impl ClientOpts {
 enum Command {
     /// Run the server: embedded log, HTTP API (/v1), gRPC ingest, metrics.
     Serve(ServeArgs),
+    /// Versioned dataset pub/sub: topics, publish, latest/long-poll, download, watch, pins,
+    /// scopes, staged rollouts, audit (talks to the dataset publish listener).
+    Datasets {
+        #[command(subcommand)]
+        command: datasets::DatasetsCommand,
+        #[command(flatten)]
+        client: datasets::DatasetsOpts,
+    },
     /// Create, list, describe and delete topics of a running server.
     Topics {
         #[command(subcommand)]
@@ -228,6 +238,17 @@ struct ServeArgs {
     /// gRPC listen address. Default from config: 127.0.0.1:50051.
     #[arg(long, value_name = "HOST:PORT")]
     grpc_addr: Option<String>,
+    /// Dataset publish listener. Default from config: 127.0.0.1:8081.
+    #[arg(long, value_name = "HOST:PORT")]
+    datasets_publish_addr: Option<String>,
+    /// Dataset consume listener. Default from config: 127.0.0.1:8082.
+    #[arg(long, value_name = "HOST:PORT")]
+    datasets_consume_addr: Option<String>,
+    /// What this process runs, comma-separated: ingest, process, serve, datasets-publish,
+    /// datasets-consume. Default from config: all. Without ingest, process and serve the log
+    /// is not opened (a dataset-only process).
+    #[arg(long, value_name = "ROLES", value_delimiter = ',')]
+    roles: Vec<String>,
     /// Extra TOML config files, applied after ./riffle.toml and before RIFFLE__* variables.
     #[arg(long, value_name = "FILE")]
     config: Vec<PathBuf>,
@@ -270,6 +291,24 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(addr) = &args.grpc_addr {
         overrides.push(("server.grpc_addr".to_string(), addr.clone().into()));
     }
+    if let Some(addr) = &args.datasets_publish_addr {
+        overrides.push(("datasets.publish_addr".to_string(), addr.clone().into()));
+    }
+    if let Some(addr) = &args.datasets_consume_addr {
+        overrides.push(("datasets.consume_addr".to_string(), addr.clone().into()));
+    }
+    if !args.roles.is_empty() {
+        let mut roles = Vec::new();
+        for role in &args.roles {
+            let role =
+                riffle_core::config::Role::parse(role).map_err(|e| anyhow::anyhow!("--{e}"))?;
+            roles.push(riffle_core::config::toml_value::Value::from(role.as_str()));
+        }
+        overrides.push((
+            "server.roles".to_string(),
+            riffle_core::config::toml_value::Value::from(roles),
+        ));
+    }
     Ok(Config::load(&ConfigSources {
         cwd_file: Some(PathBuf::from("riffle.toml")),
         files: args.config.clone(),
@@ -299,6 +338,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&args)?;
             init_tracing(config.telemetry.log_format, &config.telemetry.log_level);
             riffle_server::serve(config, shutdown_signal(), |_| {}).await
+        }
+        Command::Datasets { command, client } => {
+            init_tracing(LogFormat::Text, "warn");
+            datasets::run(command, client).await
         }
         Command::Topics { command, client } => {
             init_tracing(LogFormat::Text, "warn");

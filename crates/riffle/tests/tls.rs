@@ -103,6 +103,10 @@ fn serve(dir: &TestDir, config: &Path, http: u16, grpc: u16) -> std::process::Ch
             &format!("127.0.0.1:{http}"),
             "--grpc-addr",
             &format!("127.0.0.1:{grpc}"),
+            "--datasets-publish-addr",
+            "127.0.0.1:0",
+            "--datasets-consume-addr",
+            "127.0.0.1:0",
         ])
         .env_remove("RIFFLE_LOG")
         .current_dir(dir.path())

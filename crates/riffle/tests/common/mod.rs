@@ -96,14 +96,12 @@ pub fn wait_with_deadline(child: &mut Child, deadline: Duration) -> Option<ExitS
     }
 }
 
-fn two_free_ports() -> (u16, u16) {
-    // Both listeners are held at once so the two ports differ.
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+/// `N` distinct free ports (all listeners are held at once).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// A running `riffle serve`; killed (SIGKILL) when dropped.
@@ -113,6 +111,10 @@ pub struct Server {
     pub http_port: u16,
     pub grpc_port: u16,
     pub base: String,
+    /// The dataset publish listener (every dataset endpoint).
+    pub datasets_publish_base: String,
+    /// The dataset consume listener (reads only).
+    pub datasets_consume_base: String,
     pub log_path: PathBuf,
     pub http: reqwest::Client,
 }
@@ -162,7 +164,7 @@ impl Server {
             .unwrap();
         let mut last_log = String::new();
         for _attempt in 0..5 {
-            let (http_port, grpc_port) = two_free_ports();
+            let [http_port, grpc_port, publish_port, consume_port] = free_ports::<4>();
             let log_path = dir.scratch("server.log");
             let log = File::create(&log_path).expect("create server log");
             let child = riffle_command(dir)
@@ -170,6 +172,14 @@ impl Server {
                 .arg(dir.data_dir())
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+                .args([
+                    "--datasets-publish-addr",
+                    &format!("127.0.0.1:{publish_port}"),
+                ])
+                .args([
+                    "--datasets-consume-addr",
+                    &format!("127.0.0.1:{consume_port}"),
+                ])
                 .env("RIFFLE_LOG", "info")
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
@@ -183,6 +193,8 @@ impl Server {
                 http_port,
                 grpc_port,
                 base: format!("http://127.0.0.1:{http_port}"),
+                datasets_publish_base: format!("http://127.0.0.1:{publish_port}"),
+                datasets_consume_base: format!("http://127.0.0.1:{consume_port}"),
                 log_path,
                 http: http.clone(),
             };
