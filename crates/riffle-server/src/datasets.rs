@@ -374,6 +374,7 @@ async fn create_topic(
 async fn list_topics(
     State(app): State<DatasetsApp>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
     let pairs = query_pairs(&raw);
@@ -385,6 +386,23 @@ async fn list_topics(
         }
         None => state.service.list_topics().await?,
     };
+    // Only topics the caller may consume: restricted and encrypted topics
+    // are not listed to anyone else.
+    let bearer = bearer(&headers)?;
+    let topics: Vec<_> = topics
+        .into_iter()
+        .filter(|t| {
+            state
+                .policy
+                .authorize(
+                    bearer,
+                    &t.name,
+                    Permission::Consume,
+                    t.wrapped_key.is_some(),
+                )
+                .is_ok()
+        })
+        .collect();
     Ok(Json(json!({
         "topics": topics.iter().map(topic_json).collect::<Vec<_>>(),
     })))

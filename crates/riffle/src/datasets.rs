@@ -61,7 +61,7 @@ pub enum DatasetsCommand {
         command: Option<TopicsCommand>,
         /// With no subcommand: list topics with no publish and no consumption in this period
         /// (e.g. 30d), candidates for cleanup.
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, value_name = "DURATION", global = true)]
         unused_for: Option<String>,
     },
     /// Publish a new version from a file (or stdin with '-'): streamed, any size.
@@ -101,6 +101,7 @@ pub enum DatasetsCommand {
         at: Option<String>,
     },
     /// Download a version's payload (the latest for --labels when no --version).
+    #[command(disable_version_flag = true)]
     Get {
         topic: String,
         #[arg(long)]
@@ -124,6 +125,7 @@ pub enum DatasetsCommand {
         count: Option<u64>,
     },
     /// Pin a topic (or one scope of it) to a version.
+    #[command(disable_version_flag = true)]
     Pin {
         topic: String,
         version: u64,
@@ -137,6 +139,7 @@ pub enum DatasetsCommand {
         scope: Option<String>,
     },
     /// Add audience scopes to a published version.
+    #[command(disable_version_flag = true)]
     Scopes {
         topic: String,
         version: u64,
@@ -145,6 +148,7 @@ pub enum DatasetsCommand {
     },
     /// Start a staged rollout: --stage SCOPE@DELAY, in order (e.g. cluster=canary@0s
     /// region=us-east@10m '*@1h'); each delay counts from the previous stage.
+    #[command(disable_version_flag = true)]
     Rollout {
         topic: String,
         version: u64,
