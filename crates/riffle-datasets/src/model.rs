@@ -449,7 +449,9 @@ pub fn resolve<'a>(
         .filter(|p| p.scope.as_ref().is_some_and(|s| s.matches(labels)))
         .max_by_key(|p| (p.pinned_at_ms, p.version));
     let pin = scoped.or_else(|| pins.iter().find(|p| p.scope.is_none()));
-    if let Some(version) = pin.and_then(|p| find(p.version)) {
+    // A pin to a withdrawn version (its rollout was aborted) no longer
+    // hands it out.
+    if let Some(version) = pin.and_then(|p| find(p.version)).filter(|v| !v.withdrawn) {
         return Some((version, Reason::Pinned));
     }
     versions
@@ -644,6 +646,12 @@ mod tests {
         assert!(!is_news(v, reason, 2, false));
         assert!(is_news(v, reason, 1, false));
         assert!(is_news(v, Reason::Pinned, 3, false), "pins move back");
+        // A pin to the withdrawn version no longer hands it out.
+        let pinned = resolve(&versions, &[pin(None, 3, 1)], &labels(""));
+        assert_eq!(
+            pinned.map(|(v, r)| (v.version, r)),
+            Some((2, Reason::Latest))
+        );
     }
 
     #[test]

@@ -381,8 +381,8 @@ impl DatasetService {
                         .await;
                     match result {
                         Ok(()) => {
+                            service.verified.lock().insert(id.clone());
                             service.verifying.lock().remove(&id);
-                            service.verified.lock().insert(id);
                             service.dirty.lock().insert(topic_name);
                             if let Err(error) = service.refresh().await {
                                 warn!(%error, "cache refresh after blob verification failed");
@@ -441,6 +441,14 @@ impl DatasetService {
     /// Resolves the answer for a consumer holding `after` right now.
     pub fn answer_now(&self, topic: &str, labels: &Labels, after: u64) -> Result<Option<Answer>> {
         let view = self.view(topic)?;
+        // A pin whose version this process has not verified yet holds its
+        // consumers where they are (never fall through to the newer version
+        // the pin exists to avoid).
+        if view.pins.iter().any(|p| {
+            view.hidden.contains(&p.version) && p.scope.as_ref().is_none_or(|s| s.matches(labels))
+        }) {
+            return Ok(None);
+        }
         let Some((version, reason)) = resolve(&view.versions, &view.pins, labels) else {
             return Ok(None);
         };
@@ -453,6 +461,8 @@ impl DatasetService {
         let after_withdrawn = after > 0
             && match view.versions.iter().find(|v| v.version == after) {
                 Some(held) => held.withdrawn,
+                // Not verified by this process yet: it stands.
+                None if view.hidden.contains(&after) => false,
                 None => after < newest,
             };
         if !is_news(version, reason, after, after_withdrawn) {
@@ -495,7 +505,9 @@ impl DatasetService {
                 self.config.max_wait.as_millis()
             )));
         }
-        self.note_consumed(topic);
+        if self.view(topic).is_ok() {
+            self.note_consumed(topic);
+        }
         let result = self.latest_inner(topic, labels, after, wait).await;
         let outcome = match &result {
             Ok(Some(_)) => "version",
@@ -526,7 +538,7 @@ impl DatasetService {
         });
         let mut rx = group.rx.clone();
         let mut stopping = self.stopping.subscribe();
-        metrics::POLLS_WAITING.inc();
+        let _waiting = WaitingGauge::enter();
         let waited = tokio::select! {
             waited = tokio::time::timeout(wait, rx.wait_for(Option::is_some)) => match waited {
                 Err(_) => Ok(None),
@@ -537,7 +549,6 @@ impl DatasetService {
             // (elsewhere) instead of seeing an error.
             _ = stopping.wait_for(|s| *s) => Ok(None),
         };
-        metrics::POLLS_WAITING.dec();
         let outcome = waited?;
         drop(group);
         match outcome {
@@ -549,7 +560,14 @@ impl DatasetService {
 
     fn poll_group(self: &Arc<Self>, key: PollKey) -> Arc<PollGroup> {
         let mut polls = self.polls.lock();
-        if let Some(group) = polls.groups.get(&key).and_then(Weak::upgrade) {
+        // A group that already answered is not joined: its answer may be
+        // stale for a poll that just found nothing new.
+        if let Some(group) = polls
+            .groups
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|g| g.rx.borrow().is_none())
+        {
             return group;
         }
         if polls.groups.len() >= polls.sweep_at {
@@ -806,8 +824,18 @@ impl DatasetService {
             .collect())
     }
 
-    pub fn is_encrypted(&self, topic: &str) -> Option<bool> {
-        self.view(topic).ok().map(|v| v.topic.wrapped_key.is_some())
+    /// Whether the topic's payloads are encrypted (for the consume check).
+    /// A topic not cached yet (created by another process moments ago) is
+    /// looked up in the store; an unknown topic is `None`.
+    pub async fn is_encrypted(&self, topic: &str) -> Result<Option<bool>> {
+        if let Ok(view) = self.view(topic) {
+            return Ok(Some(view.topic.wrapped_key.is_some()));
+        }
+        Ok(self
+            .store
+            .get_topic(topic)
+            .await?
+            .map(|t| t.wrapped_key.is_some()))
     }
 
     // ------------------------------------------------------------------
@@ -1503,6 +1531,23 @@ impl DatasetService {
                 debug!(%error, "final consumed flush failed");
             }
         })
+    }
+}
+
+/// Counts a held long-poll in `riffle_datasets_polls_waiting` until
+/// dropped (also when the request is cancelled).
+struct WaitingGauge;
+
+impl WaitingGauge {
+    fn enter() -> WaitingGauge {
+        metrics::POLLS_WAITING.inc();
+        WaitingGauge
+    }
+}
+
+impl Drop for WaitingGauge {
+    fn drop(&mut self) {
+        metrics::POLLS_WAITING.dec();
     }
 }
 

@@ -1580,7 +1580,8 @@ async fn encrypted_topics_store_no_plaintext_and_need_the_master_key() {
         },
     )
     .await;
-    assert_eq!(svc.is_encrypted("secret"), Some(true));
+    assert_eq!(svc.is_encrypted("secret").await.unwrap(), Some(true));
+    assert_eq!(svc.is_encrypted("no-such-topic").await.unwrap(), None);
     assert!(svc.get_topic("secret").await.unwrap().wrapped_key.is_some());
     let vi = publish(&svc, "secret", &[], &inline_plain).await;
     assert_eq!(vi.location, DataLocation::Inline);

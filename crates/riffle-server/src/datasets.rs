@@ -161,13 +161,13 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// Checks the caller's token for `permission` on `topic`; returns the
 /// actor name for the audit trail.
-pub(crate) fn authorize(
+pub(crate) async fn authorize(
     state: &DatasetsState,
     headers: &HeaderMap,
     topic: &str,
     permission: Permission,
 ) -> Result<String, ApiError> {
-    let encrypted = state.service.is_encrypted(topic).unwrap_or(false);
+    let encrypted = state.service.is_encrypted(topic).await?.unwrap_or(false);
     Ok(state
         .policy
         .authorize(bearer(headers)?, topic, permission, encrypted)?)
@@ -341,7 +341,7 @@ async fn create_topic(
 ) -> Result<Response, ApiError> {
     let state = app.get()?;
     let request: CreateTopicBody = json_body(&body)?;
-    let actor = authorize(&state, &headers, &request.name, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &request.name, Permission::Publish).await?;
     let retention_age_ms = match &request.retention_age {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
@@ -414,7 +414,7 @@ async fn describe_topic(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let view = state.service.cached_topic(&topic)?;
     let mut out = topic_json(&view.topic);
     out["versions"] = json!(view.versions.len());
@@ -431,7 +431,7 @@ async fn delete_topic(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     state.service.delete_topic(&topic, &actor).await?;
     Ok(Json(json!({"deleted": topic})))
 }
@@ -447,7 +447,7 @@ async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     let pairs = query_pairs(&raw);
     reject_unknown(&pairs, &["scope", "staged", "checksum"])?;
     let scopes = pairs
@@ -511,7 +511,7 @@ async fn list_versions(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let versions = state.service.list_versions(&topic).await?;
     Ok(Json(json!({
         "topic": topic,
@@ -525,7 +525,7 @@ async fn get_version(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let number = parse_version_path(&version)?;
     let version = state.service.version(&topic, number).await?;
     Ok(Json(version_json(&version)))
@@ -570,7 +570,7 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>, Api
             if e < s {
                 return Err(unsatisfiable());
             }
-            s..(e + 1).min(size)
+            s..e.saturating_add(1).min(size)
         }
     };
     if range.start >= size {
@@ -585,7 +585,7 @@ async fn get_data(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let number = parse_version_path(&version)?;
     let meta = state.service.version(&topic, number).await?;
     let range = match parse_range(&headers, meta.size) {
@@ -637,7 +637,7 @@ async fn latest(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let pairs = query_pairs(&raw);
     reject_unknown(&pairs, &["labels", "after", "wait", "at"])?;
     let labels = match single(&pairs, "labels")? {
@@ -687,7 +687,7 @@ async fn add_scopes(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     let number = parse_version_path(&version)?;
     let request: ScopesBody = json_body(&body)?;
     let scopes = request
@@ -721,7 +721,7 @@ async fn pin(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     let request: PinBody = json_body(&body)?;
     let scope = request
         .scope
@@ -743,7 +743,7 @@ async fn unpin(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     let pairs = query_pairs(&raw);
     reject_unknown(&pairs, &["scope"])?;
     // The scope may come as `?scope=` or as `{"scope": …}`.
@@ -775,7 +775,7 @@ async fn list_pins(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let view = state.service.cached_topic(&topic)?;
     Ok(Json(json!({
         "topic": topic,
@@ -789,7 +789,7 @@ async fn audit(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let entries = state.service.store().audit(&topic).await?;
     let entries: Vec<Value> = entries
         .iter()
@@ -832,7 +832,7 @@ async fn start_rollout(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     let number = parse_version_path(&version)?;
     let request: RolloutBody = json_body(&body)?;
     let mut stages = Vec::with_capacity(request.stages.len());
@@ -868,7 +868,7 @@ async fn list_rollouts(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let rollouts = state.service.list_rollouts(&topic).await?;
     Ok(Json(json!({
         "topic": topic,
@@ -898,7 +898,7 @@ async fn rollout_status(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    authorize(&state, &headers, &topic, Permission::Consume)?;
+    authorize(&state, &headers, &topic, Permission::Consume).await?;
     let rollout = rollout_of_topic(&state, &topic, &id).await?;
     Ok(Json(rollout_json(&rollout)))
 }
@@ -916,7 +916,7 @@ async fn control_rollout(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let state = app.get()?;
-    let actor = authorize(&state, &headers, &topic, Permission::Publish)?;
+    let actor = authorize(&state, &headers, &topic, Permission::Publish).await?;
     let request: ControlBody = json_body(&body)?;
     let rollout = rollout_of_topic(&state, &topic, &id).await?;
     let saved = state
@@ -933,4 +933,35 @@ pub(crate) fn metadata_map(
     Ok(metadata_from_pairs(
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(spec: &str, size: u64) -> Result<Option<Range<u64>>, ErrorCode> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, spec.parse().unwrap());
+        parse_range(&headers, size).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn ranges_are_clamped_and_never_overflow() {
+        assert_eq!(range("bytes=2-5", 10), Ok(Some(2..6)));
+        assert_eq!(range("bytes=5-", 10), Ok(Some(5..10)));
+        assert_eq!(range("bytes=-3", 10), Ok(Some(7..10)));
+        assert_eq!(range("bytes=8-100", 10), Ok(Some(8..10)));
+        assert_eq!(range("bytes=0-18446744073709551615", 10), Ok(Some(0..10)));
+        assert_eq!(range("bytes=5-18446744073709551615", 10), Ok(Some(5..10)));
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=-0",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=x-1",
+        ] {
+            assert_eq!(range(bad, 10), Err(ErrorCode::OutOfRange), "{bad}");
+        }
+    }
 }

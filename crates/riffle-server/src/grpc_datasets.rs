@@ -43,12 +43,21 @@ pub const MAX_DATA_CHUNK_BYTES: usize = 1 << 20;
 pub struct DatasetsGrpc {
     /// `None` when this process has no datasets role.
     pub state: watch::Receiver<Option<Arc<DatasetsState>>>,
+    /// Whether this process has the `datasets-publish` role: without it the
+    /// mutating calls are refused, as on the REST consume listener.
+    pub publish_role: bool,
 }
 
 /// The tonic service with its message limit.
-pub fn server(state: watch::Receiver<Option<Arc<DatasetsState>>>) -> DatasetsServer<DatasetsGrpc> {
-    DatasetsServer::new(DatasetsGrpc { state })
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES)
+pub fn server(
+    state: watch::Receiver<Option<Arc<DatasetsState>>>,
+    publish_role: bool,
+) -> DatasetsServer<DatasetsGrpc> {
+    DatasetsServer::new(DatasetsGrpc {
+        state,
+        publish_role,
+    })
+    .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES)
 }
 
 impl DatasetsGrpc {
@@ -56,6 +65,17 @@ impl DatasetsGrpc {
         self.state.borrow().clone().ok_or_else(|| {
             Status::unavailable("dataset service not running in this process (roles)")
         })
+    }
+
+    /// The state, for a mutating call.
+    fn get_for_publish(&self) -> Result<Arc<DatasetsState>, Status> {
+        let state = self.get()?;
+        if !self.publish_role {
+            return Err(Status::failed_precondition(
+                "this process has no datasets-publish role: publish, pin and topic changes go to a publish process",
+            ));
+        }
+        Ok(state)
     }
 }
 
@@ -203,13 +223,14 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<proto::Topic>, Status> {
-        let state = self.get()?;
+        let state = self.get_for_publish()?;
         let actor = authorize(
             &state,
             request.metadata().as_ref(),
             &request.get_ref().name,
             Permission::Publish,
-        )?;
+        )
+        .await?;
         let request = request.into_inner();
         let topic = state
             .service
@@ -233,7 +254,7 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<Streaming<PublishChunk>>,
     ) -> Result<Response<VersionInfo>, Status> {
-        let state = self.get()?;
+        let state = self.get_for_publish()?;
         let (metadata, _, mut chunks) = request.into_parts();
         let first = chunks.message().await?.unwrap_or_default();
         let Some(header) = first.header else {
@@ -242,7 +263,7 @@ impl Datasets for DatasetsGrpc {
             ));
         };
         let topic = header.topic;
-        let actor = authorize(&state, metadata.as_ref(), &topic, Permission::Publish)?;
+        let actor = authorize(&state, metadata.as_ref(), &topic, Permission::Publish).await?;
         let scopes = header
             .scopes
             .iter()
@@ -304,7 +325,8 @@ impl Datasets for DatasetsGrpc {
             request.metadata().as_ref(),
             &request.get_ref().topic,
             Permission::Consume,
-        )?;
+        )
+        .await?;
         let request = request.into_inner();
         let labels = Labels::parse_field(&request.labels, "labels").map_err(status)?;
         let answer = match &request.at {
@@ -349,7 +371,8 @@ impl Datasets for DatasetsGrpc {
             request.metadata().as_ref(),
             &request.get_ref().topic,
             Permission::Consume,
-        )?;
+        )
+        .await?;
         let request = request.into_inner();
         let number = check_version_number(request.version)?;
         let version = state
@@ -372,7 +395,8 @@ impl Datasets for DatasetsGrpc {
             request.metadata().as_ref(),
             &request.get_ref().topic,
             Permission::Consume,
-        )?;
+        )
+        .await?;
         let request = request.into_inner();
         let number = check_version_number(request.version)?;
         let meta = state
@@ -408,13 +432,14 @@ impl Datasets for DatasetsGrpc {
     }
 
     async fn pin(&self, request: Request<PinRequest>) -> Result<Response<PinInfo>, Status> {
-        let state = self.get()?;
+        let state = self.get_for_publish()?;
         let actor = authorize(
             &state,
             request.metadata().as_ref(),
             &request.get_ref().topic,
             Permission::Publish,
-        )?;
+        )
+        .await?;
         let request = request.into_inner();
         let scope = request
             .scope
@@ -434,13 +459,14 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<UnpinRequest>,
     ) -> Result<Response<UnpinResponse>, Status> {
-        let state = self.get()?;
+        let state = self.get_for_publish()?;
         let actor = authorize(
             &state,
             request.metadata().as_ref(),
             &request.get_ref().topic,
             Permission::Publish,
-        )?;
+        )
+        .await?;
         let request = request.into_inner();
         let scope = request
             .scope

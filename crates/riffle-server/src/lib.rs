@@ -331,7 +331,8 @@ pub async fn serve(
         let service = grpc::IngestService {
             services: services_rx.clone(),
         };
-        let datasets_service = grpc_datasets::server(datasets_rx.clone());
+        let datasets_service =
+            grpc_datasets::server(datasets_rx.clone(), roles.contains(&Role::DatasetsPublish));
         let tls_identity = tls_identity.clone();
         let max_message = config.ingest.max_body_bytes;
         tokio::spawn(async move {
