@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use riffle_core::ErrorCode;
+use riffle_core::{check, check_eq, ErrorCode};
 
 use crate::error::StoreError;
 use crate::store::{
@@ -28,29 +28,6 @@ pub type CheckResult = Result<(), String>;
 /// A minute-aligned instant near 2023-11-14.
 const T0: i64 = 28_333_333 * MINUTE_MS;
 const M: i64 = MINUTE_MS;
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
-
-macro_rules! check_eq {
-    ($actual:expr, $expected:expr, $($fmt:tt)+) => {{
-        let actual = $actual;
-        let expected = $expected;
-        if actual != expected {
-            return Err(format!(
-                "{}: expected {:?}, got {:?}",
-                format!($($fmt)+),
-                expected,
-                actual
-            ));
-        }
-    }};
-}
 
 fn err(error: StoreError) -> String {
     format!("unexpected error: {error}")

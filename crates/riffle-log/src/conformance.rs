@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use riffle_core::check;
+
 use crate::bus::{
     send_records, ConsumerConfig, EventBus, ProducerRecord, StartPosition, TopicConfig,
     TopicPartition,
@@ -43,14 +45,6 @@ fn topic_config(partitions: u32) -> TopicConfig {
         retention_bytes: -1,
         segment_bytes: 1 << 20,
     }
-}
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
 }
 
 fn err(e: BusError) -> String {
