@@ -132,11 +132,6 @@ impl AccessPolicy {
             )),
         }
     }
-
-    /// Whether `bearer` is the admin token.
-    pub fn is_admin(&self, bearer: Option<&str>) -> bool {
-        bearer.is_some_and(|t| bool::from(self.admin.as_bytes().ct_eq(t.as_bytes())))
-    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //!   the plaintext): [`BlobStore::put`] returns them for the metadata store,
 //!   and [`BlobStore::read`] and [`BlobStore::verify`] take them back.
 //! * `tmp/` objects left by a crash are never listed by [`BlobStore::list`];
-//!   [`ObjectBlobStore::remove_stale_temporaries`] deletes them.
+//!   [`BlobStore::sweep_temporaries`] (run by the janitor) deletes them.
 
 use std::io;
 use std::ops::Range;
@@ -128,6 +128,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every final blob (not temporaries), for the janitor's orphan sweep.
     async fn list(&self) -> Result<Vec<BlobInfo>>;
+
+    /// Deletes uploads abandoned by a crash (temporaries not modified for
+    /// `older_than`); returns how many.
+    async fn sweep_temporaries(&self, older_than: Duration) -> Result<usize>;
 }
 
 /// [`BlobStore`] over any `object_store` backend.
@@ -215,7 +219,7 @@ impl ObjectBlobStore {
                 if sealer.size + chunk.len() as u64 > limit {
                     return Err(DatasetError::new(
                         ErrorCode::PayloadTooLarge,
-                        format!("payload exceeds the limit of {limit} bytes"),
+                        format!("body: payload exceeds datasets.max_payload_bytes ({limit} bytes)"),
                     ));
                 }
             }
@@ -410,6 +414,10 @@ impl BlobStore for ObjectBlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    async fn sweep_temporaries(&self, older_than: Duration) -> Result<usize> {
+        self.remove_stale_temporaries(older_than).await
     }
 
     async fn list(&self) -> Result<Vec<BlobInfo>> {

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use riffle_core::ErrorCode;
+use riffle_core::{check, check_eq, ErrorCode};
 
 use crate::error::DatasetError;
 use crate::model::{
@@ -26,29 +26,6 @@ use crate::store::MetadataStore;
 
 /// `Err` carries a description of the first violated expectation.
 pub type CheckResult = Result<(), String>;
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
-
-macro_rules! check_eq {
-    ($actual:expr, $expected:expr, $($fmt:tt)+) => {{
-        let actual = $actual;
-        let expected = $expected;
-        if actual != expected {
-            return Err(format!(
-                "{}: expected {:?}, got {:?}",
-                format!($($fmt)+),
-                expected,
-                actual
-            ));
-        }
-    }};
-}
 
 fn err(error: DatasetError) -> String {
     format!("unexpected error: {error} ({:?})", error.code)
@@ -703,6 +680,28 @@ pub async fn delete_versions_keeps_pinned_and_tracks_blobs(
         .filter(|e| e.action == "expire")
         .count();
     check_eq!(expire, 2, "each expiry is audited");
+    // A version under an active rollout is kept, whatever the caller read.
+    store
+        .create_rollout(
+            "t",
+            4,
+            &[RolloutStage {
+                scope: Scope::global(),
+                delay_ms: 60_000,
+            }],
+            100,
+            audit(80, "rollout"),
+        )
+        .await
+        .map_err(err)?;
+    let deleted = store
+        .delete_versions("t", &[4], audit(90, "expire"))
+        .await
+        .map_err(err)?;
+    check!(
+        deleted.is_empty(),
+        "a version under an active rollout was deleted: {deleted:?}"
+    );
     Ok(())
 }
 

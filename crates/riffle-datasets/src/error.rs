@@ -10,6 +10,8 @@ pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
 pub struct DatasetError {
     pub code: ErrorCode,
     pub message: String,
+    /// A compare-and-set lost to a concurrent writer: re-read and retry.
+    conflict: bool,
 }
 
 impl DatasetError {
@@ -17,7 +19,21 @@ impl DatasetError {
         DatasetError {
             code,
             message: message.into(),
+            conflict: false,
         }
+    }
+
+    /// A compare-and-set that lost to a concurrent writer
+    /// (`FailedPrecondition`; [`DatasetError::is_conflict`] tells it apart).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        DatasetError {
+            conflict: true,
+            ..Self::new(ErrorCode::FailedPrecondition, message)
+        }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.conflict
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -51,6 +51,10 @@ use crate::model::{
 };
 use crate::store::{MetadataStore, TopicSnapshot};
 
+/// How long after a verification that failed for a reason other than
+/// the blob's content it is tried again.
+const VERIFY_RETRY: Duration = Duration::from_secs(5);
+
 /// Tunables of [`DatasetService`] (from `[datasets]`).
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -194,6 +198,8 @@ pub struct DataStream {
 pub struct JanitorReport {
     pub expired_versions: Vec<(String, u64)>,
     pub deleted_blobs: Vec<String>,
+    /// Upload temporaries abandoned by a crash and deleted.
+    pub swept_temporaries: usize,
 }
 
 /// Counters of one service instance (the Prometheus series are
@@ -202,7 +208,6 @@ pub struct JanitorReport {
 pub struct ServiceStats {
     pub poll_resolutions: AtomicU64,
     pub poll_groups_created: AtomicU64,
-    pub cache_refreshes: AtomicU64,
 }
 
 pub struct DatasetService {
@@ -334,7 +339,6 @@ impl DatasetService {
         metrics::CACHE_VERSIONS.set(next.values().map(|v| v.versions.len() as i64).sum());
         metrics::HIDDEN_VERSIONS.set(next.values().map(|v| v.hidden.len() as i64).sum());
         self.cache.store(Arc::new(next));
-        self.stats.cache_refreshes.fetch_add(1, Ordering::Relaxed);
         metrics::CACHE_REFRESH_SECONDS.observe(started.elapsed().as_secs_f64());
         let notifiers = self.notifiers.lock();
         for name in changed {
@@ -370,9 +374,21 @@ impl DatasetService {
             }
             hidden.push(version.version);
             if self.verifying.lock().insert(id.clone()) {
+                let topic_key = match self.topic_key(&topic) {
+                    Ok(topic_key) => topic_key,
+                    Err(error) => {
+                        // Stays in `verifying`: nothing changes until the
+                        // master key does (a restart).
+                        warn!(
+                            topic = %topic.name,
+                            %error,
+                            "cannot unwrap the topic key with datasets.master_key: its blob versions stay hidden"
+                        );
+                        continue;
+                    }
+                };
                 let service = self.clone();
                 let key = key.clone();
-                let topic_key = self.topic_key(&topic).ok().flatten();
                 let topic_name = topic.name.clone();
                 tokio::spawn(async move {
                     let result = service
@@ -388,13 +404,28 @@ impl DatasetService {
                                 warn!(%error, "cache refresh after blob verification failed");
                             }
                         }
-                        Err(error) => warn!(
+                        Err(error) if error.code == ErrorCode::DataLoss => warn!(
                             topic = %version.topic,
                             version = version.version,
                             blob = %key,
                             %error,
                             "version held back from consumers: its blob failed the consistency check"
                         ),
+                        Err(error) => {
+                            // Not a verdict on the blob (I/O, store
+                            // unavailable): try again later.
+                            warn!(
+                                topic = %version.topic,
+                                version = version.version,
+                                blob = %key,
+                                %error,
+                                retry_in_s = VERIFY_RETRY.as_secs(),
+                                "blob verification failed; version held back until it succeeds"
+                            );
+                            tokio::time::sleep(VERIFY_RETRY).await;
+                            service.verifying.lock().remove(&id);
+                            service.dirty.lock().insert(topic_name);
+                        }
                     }
                 });
             }
@@ -414,13 +445,6 @@ impl DatasetService {
             .get(topic)
             .cloned()
             .ok_or_else(|| topic_not_found(topic))
-    }
-
-    /// Every cached topic view (for listings).
-    pub fn views(&self) -> Vec<Arc<TopicView>> {
-        let mut views: Vec<_> = self.cache.load().values().cloned().collect();
-        views.sort_by(|a, b| a.topic.name.cmp(&b.topic.name));
-        views
     }
 
     pub fn cached_topic(&self, topic: &str) -> Result<Arc<TopicView>> {
@@ -1291,12 +1315,7 @@ impl DatasetService {
             let rollout = self.rollout(id).await?;
             let result = self.control_once(&rollout, action, actor).await;
             match result {
-                Err(e)
-                    if e.code == ErrorCode::FailedPrecondition
-                        && e.message.contains("concurrently") =>
-                {
-                    continue
-                }
+                Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e),
                 Ok(saved) => {
                     self.refresh().await?;
@@ -1447,6 +1466,14 @@ impl DatasetService {
                 report.deleted_blobs.push(blob.key);
             }
         }
+        // Uploads abandoned by a crash; an upload in progress keeps touching
+        // its temporary, so the orphan grace period spares it.
+        report.swept_temporaries = self
+            .blobs
+            .sweep_temporaries(Duration::from_millis(
+                self.config.orphan_grace_ms.max(0) as u64
+            ))
+            .await?;
         metrics::JANITOR_EXPIRED.inc_by(report.expired_versions.len() as u64);
         metrics::JANITOR_BLOBS.inc_by(report.deleted_blobs.len() as u64);
         if !report.expired_versions.is_empty() || !report.deleted_blobs.is_empty() {

@@ -838,13 +838,10 @@ impl MetadataStore for SqliteMetadataStore {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(DatasetError::new(
-                ErrorCode::FailedPrecondition,
-                format!(
-                    "rollout {} changed concurrently (revision {} is stale)",
-                    rollout.id, rollout.revision
-                ),
-            ));
+            return Err(DatasetError::conflict(format!(
+                "rollout {} changed concurrently (revision {} is stale)",
+                rollout.id, rollout.revision
+            )));
         }
         if effect.add_scope.is_some() || effect.withdraw {
             let Some(mut version) = version_in_tx(&mut tx, &rollout.topic, rollout.version).await?
@@ -898,6 +895,17 @@ impl MetadataStore for SqliteMetadataStore {
                     .fetch_optional(&mut *tx)
                     .await?;
             if pinned.is_some() {
+                continue;
+            }
+            // A rollout may have started since the janitor read its snapshot.
+            let rolling: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM ds_rollouts WHERE topic = ? AND version = ? AND state IN ('running', 'paused') LIMIT 1",
+            )
+            .bind(topic)
+            .bind(number as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if rolling.is_some() {
                 continue;
             }
             let Some(version) = version_in_tx(&mut tx, topic, number).await? else {

@@ -12,8 +12,8 @@
 //!   same transaction, so a cache that sees a generation sees the whole
 //!   change; generations are unique store-wide (never reused by a deleted
 //!   and recreated topic of the same name);
-//! * a pinned version is never deleted (`delete_versions` re-checks pins
-//!   inside its transaction);
+//! * a pinned version, or one under an active rollout, is never deleted
+//!   (`delete_versions` re-checks both inside its transaction);
 //! * rollout saves are compare-and-set on `revision`.
 
 use std::collections::HashSet;
@@ -109,8 +109,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         audit: NewAudit,
     ) -> Result<Rollout>;
 
-    /// Deletes these versions, skipping any that are pinned now; returns
-    /// the versions actually deleted.
+    /// Deletes these versions, skipping any that are pinned or under an
+    /// active rollout now; returns the versions actually deleted.
     async fn delete_versions(
         &self,
         topic: &str,

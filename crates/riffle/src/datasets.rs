@@ -326,6 +326,9 @@ pub async fn run(command: DatasetsCommand, opts: DatasetsOpts) -> anyhow::Result
                 query.push(format!("wait={}", encode(wait)));
             }
             if let Some(at) = &at {
+                if after != 0 || wait.is_some() {
+                    bail!("--at: a point-in-time lookup takes neither --after nor --wait");
+                }
                 query = vec![
                     format!("labels={}", encode(&labels)),
                     format!("at={}", encode(at)),
@@ -504,9 +507,21 @@ async fn download(
         .headers()
         .get("x-riffle-checksum")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow!("the server sent no x-riffle-checksum: cannot verify the payload")
+        })?;
+    let expected_size = response.content_length();
+    // With -o the payload goes to a temporary file next to the output and is
+    // renamed into place only once verified; a bad download leaves nothing.
+    let temporary = output.as_ref().map(|path| {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".partial");
+        path.with_file_name(name)
+    });
     let mut hasher = sha2::Sha256::new();
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &output {
+    let mut received = 0u64;
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &temporary {
         Some(path) => Box::new(
             tokio::fs::File::create(path)
                 .await
@@ -515,22 +530,46 @@ async fn download(
         None => Box::new(tokio::io::stdout()),
     };
     let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        hasher.update(&chunk);
-        out.write_all(&chunk).await?;
+    let copied: anyhow::Result<()> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            received += chunk.len() as u64;
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok(())
     }
-    out.flush().await?;
+    .await;
+    drop(out);
     let actual = format!("sha256:{:x}", hasher.finalize());
-    if let Some(expected) = expected {
+    let verdict = copied.and_then(|()| {
+        if expected_size.is_some_and(|size| size != received) {
+            bail!(
+                "size mismatch: server announced {} bytes, received {received}",
+                expected_size.unwrap_or(0)
+            );
+        }
         if expected != actual {
             bail!("checksum mismatch: server announced {expected}, payload hashes to {actual}");
         }
+        Ok(())
+    });
+    match (verdict, &temporary, &output) {
+        (Ok(()), Some(temporary), Some(path)) => {
+            tokio::fs::rename(temporary, path)
+                .await
+                .with_context(|| format!("--output: cannot rename into {}", path.display()))?;
+            eprintln!("{topic} version {version} → {} ({actual})", path.display());
+            Ok(())
+        }
+        (Ok(()), _, _) => Ok(()),
+        (Err(e), Some(temporary), _) => {
+            let _ = tokio::fs::remove_file(temporary).await;
+            Err(e)
+        }
+        (Err(e), None, _) => Err(e),
     }
-    if let Some(path) = output {
-        eprintln!("{topic} version {version} → {} ({actual})", path.display());
-    }
-    Ok(())
 }
 
 async fn watch(

@@ -846,6 +846,27 @@ async fn cli_round_trip() {
     )
     .assert_success();
     assert_eq!(std::fs::read(&out1).unwrap(), p1);
+    let mut partial = out1.clone().into_os_string();
+    partial.push(".partial");
+    assert!(
+        !std::path::Path::new(&partial).exists(),
+        "the verified download was renamed into place"
+    );
+    // A point-in-time lookup refuses flags it would ignore.
+    let refused = datasets_cli(
+        &dir,
+        &base,
+        &[
+            "latest",
+            "cli.t",
+            "--at",
+            "2026-01-01T00:00:00Z",
+            "--after",
+            "1",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("--at"), "{}", refused.stderr);
     let out2 = dir.scratch("out2.bin");
     datasets_cli(
         &dir,
