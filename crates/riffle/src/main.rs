@@ -24,7 +24,7 @@ use riffle_ingest::tail::LineFormat;
 #[command(
     name = "riffle",
     version,
-    about = "Riffle: the open real-time ML backend — durable event log, ingest, and (soon) streaming aggregates, features and datasets in one binary",
+    about = "Riffle: the open real-time ML backend — durable event log, ingest, exact ad click aggregates and versioned dataset pub/sub in one binary (live-stream features and recommendations to come)",
     propagate_version = true
 )]
 struct Cli {
@@ -69,7 +69,8 @@ impl ClientOpts {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: embedded log, HTTP API (/v1), gRPC ingest, metrics.
+    /// Run the server: embedded log, HTTP API (/v1), gRPC, the ad click pipeline, the dataset
+    /// publish and consume listeners, metrics (what runs is chosen by --roles).
     Serve(ServeArgs),
     /// Versioned dataset pub/sub: topics, publish, latest/long-poll, download, watch, pins,
     /// scopes, staged rollouts, audit (talks to the dataset publish listener).
