@@ -16,6 +16,7 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub bus: BusConfig,
     pub log: LogConfig,
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
@@ -87,6 +88,12 @@ impl AdsConfig {
     /// The topic where events beyond the allowed lateness go.
     pub fn late_topic(&self) -> String {
         format!("{}.late", self.pipeline)
+    }
+
+    /// The consumer group whose members share ownership of the input
+    /// partitions (the pipeline's offsets are committed under `pipeline`).
+    pub fn owners_group(&self) -> String {
+        format!("{}.owners", self.pipeline)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -417,6 +424,45 @@ pub struct TlsConfig {
     pub key_path: PathBuf,
 }
 
+/// Which event bus the process runs on (`[bus]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// The embedded segment log under `<data_dir>/log` (`[log]`).
+    Embedded,
+    /// An external Kafka cluster (`[bus.kafka]`); needs a binary built with
+    /// the `kafka` feature (the released one is).
+    Kafka,
+}
+
+/// `[bus.kafka]`: the Kafka backend (docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port,host:port`.
+    pub brokers: String,
+    /// Commit pipeline output and input offsets in Kafka transactions as
+    /// well (docs/adr/0003). Correctness never depends on them.
+    pub transactions: bool,
+    /// Replication factor of the topics Riffle creates.
+    pub replication_factor: i32,
+    /// Directory shared by every `process` member for per-partition
+    /// checkpoints; empty = `<data_dir>/checkpoints` (one machine only).
+    pub checkpoint_dir: String,
+    /// Bounds every metadata and admin request to the brokers.
+    pub request_timeout_ms: u64,
+    /// Passed through to librdkafka for every client (`security.protocol`,
+    /// `sasl.*`, `ssl.*`, `session.timeout.ms`, …).
+    pub properties: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
@@ -602,6 +648,32 @@ impl Config {
                     "ingest.routes: no route for event type \"{}\"",
                     event_type.as_str()
                 )));
+            }
+        }
+        if self.bus.kind == BusKind::Kafka {
+            let kafka = &self.bus.kafka;
+            if kafka.brokers.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "bus.kafka.brokers: required when bus.kind = \"kafka\" (host:port,…)",
+                ));
+            }
+            if kafka.replication_factor < 1 {
+                return Err(ConfigError::new(format!(
+                    "bus.kafka.replication_factor: {} must be at least 1",
+                    kafka.replication_factor
+                )));
+            }
+            if kafka.request_timeout_ms == 0 {
+                return Err(ConfigError::new(
+                    "bus.kafka.request_timeout_ms: must be at least 1",
+                ));
+            }
+            for key in ["bootstrap.servers", "transactional.id", "group.id"] {
+                if kafka.properties.contains_key(key) {
+                    return Err(ConfigError::new(format!(
+                        "bus.kafka.properties.\"{key}\": set by riffle (use bus.kafka.brokers / bus.kafka.transactions)"
+                    )));
+                }
             }
         }
         self.ads.validate()?;

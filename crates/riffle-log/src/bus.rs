@@ -266,11 +266,70 @@ pub trait Transaction: Send {
     async fn abort(self: Box<Self>) -> Result<()>;
 }
 
+/// A change of the partitions a group member owns.
+#[derive(Debug)]
+pub enum OwnershipChange {
+    /// These partitions are now this member's.
+    Assigned(Vec<u32>),
+    /// These partitions are leaving this member. The group waits (Kafka: the
+    /// rebalance does not complete) until `release` is sent or dropped, so the
+    /// owner checkpoints and stops before anyone else takes over.
+    Revoked {
+        partitions: Vec<u32>,
+        release: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// Membership of a consumer group used for partition *ownership* (which
+/// process runs which pipeline task), not for reading: the owner reads each
+/// partition it owns with its own assigned consumer.
+#[async_trait]
+pub trait Membership: Send {
+    /// The next change; `None` once the membership has ended.
+    async fn next_change(&mut self) -> Option<OwnershipChange>;
+}
+
+/// The membership of a bus with a single process: it owns every partition,
+/// once, and nothing ever moves.
+pub struct SoleMember {
+    pending: Option<Vec<u32>>,
+}
+
+impl SoleMember {
+    pub fn new(partitions: Vec<u32>) -> Self {
+        SoleMember {
+            pending: Some(partitions),
+        }
+    }
+}
+
+#[async_trait]
+impl Membership for SoleMember {
+    async fn next_change(&mut self) -> Option<OwnershipChange> {
+        match self.pending.take() {
+            Some(partitions) => Some(OwnershipChange::Assigned(partitions)),
+            None => futures::future::pending().await,
+        }
+    }
+}
+
 /// The whole bus: producer, admin, consumers and transactions.
 #[async_trait]
 pub trait EventBus: Producer + Admin + Send + Sync {
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>>;
     async fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn Transaction>>;
+    /// Joins `group` to share ownership of `topic`'s partitions with the
+    /// other members. A bus that lives in one process makes its only member
+    /// the owner of everything.
+    async fn join_ownership_group(&self, group: &str, topic: &str) -> Result<Box<dyn Membership>> {
+        let _ = group;
+        let partitions = self.partition_count(topic).await?;
+        Ok(Box::new(SoleMember::new((0..partitions).collect())))
+    }
+    /// A short name of the backend (`embedded`, `kafka`) for status pages.
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
 }
 
 /// A record with an optional explicit partition, for [`send_records`].

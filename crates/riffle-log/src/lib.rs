@@ -6,13 +6,16 @@ pub mod conformance;
 pub mod embedded;
 pub mod error;
 pub mod format;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod metrics;
 pub mod murmur2;
 
 pub use bus::{
-    send_records, Admin, Consumer, ConsumerConfig, EventBus, FetchedBatch, Offset, OffsetReset,
-    PartitionInfo, Producer, ProducerRecord, StartPosition, Subscription, TopicConfig,
-    TopicDescription, TopicMetadata, TopicPartition, Transaction,
+    send_records, Admin, Consumer, ConsumerConfig, EventBus, FetchedBatch, Membership, Offset,
+    OffsetReset, OwnershipChange, PartitionInfo, Producer, ProducerRecord, SoleMember,
+    StartPosition, Subscription, TopicConfig, TopicDescription, TopicMetadata, TopicPartition,
+    Transaction,
 };
 pub use embedded::{EmbeddedLog, LogOptions};
 pub use error::{BusError, Result};
