@@ -71,7 +71,7 @@ pub use filter::{FilterInfo, FilterSet};
 pub use memory::MemoryAggregateStore;
 pub use operator::{AdClickOperator, AdsSpec};
 pub use redb_store::RedbAggregateStore;
-pub use service::{AdsPipeline, PipelineReport};
+pub use service::{AdsPipeline, PipelineReport, PipelineRoles};
 pub use store::{
     merge_partials, rank_cmp, AggKey, AggregateRow, AggregateStore, Deleted, PartialTop,
     SourcePosition, TopRow, WriteBatch, MINUTE_MS, NO_FILTER,

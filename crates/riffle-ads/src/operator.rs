@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use riffle_core::config::AdsConfig;
-use riffle_core::event::{Event, EventBody};
+use riffle_core::event::{Event, EventBody, ParseLimits};
 use riffle_stream::dedup::{DedupConfig, Deduplicator, Verdict};
 use riffle_stream::{
     Collector, Lateness, LatenessPolicy, Operator, OperatorProgress, SinkRecord, SourceBatch,
@@ -263,6 +263,9 @@ pub struct AdClickOperator {
     dedup: Deduplicator,
     max_event_time: Option<i64>,
     newest_input_ts: i64,
+    /// The watermark the last progress record carried (not checkpointed: a
+    /// restored task announces its watermark again).
+    announced_watermark: Option<i64>,
     late: u64,
     duplicates: u64,
     rejected: u64,
@@ -296,6 +299,7 @@ impl AdClickOperator {
             dedup,
             max_event_time: None,
             newest_input_ts: 0,
+            announced_watermark: None,
             late: 0,
             duplicates: 0,
             rejected: 0,
@@ -574,6 +578,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads one input record: Riffle's binary event encoding (what ingest
+/// writes), or an event as a JSON object (what a plain Kafka producer of
+/// another stack writes straight to the topic, docs/events.md). The JSON
+/// future-skew check compares with the record's own timestamp, not the wall
+/// clock, so a replay decides exactly as the first run did.
+fn decode_input(value: &[u8], record_timestamp: i64) -> Result<Event<'_>, String> {
+    if value.first() == Some(&riffle_core::event::BINARY_FORMAT_V1) {
+        return Event::decode(value).map_err(|e| e.to_string());
+    }
+    riffle_core::event::parse_event(value, &ParseLimits::new(record_timestamp))
+        .map_err(|e| format!("not a binary event, and as JSON: {e}"))
+}
+
 impl Operator for AdClickOperator {
     type In<'a> = SourceBatch<'a>;
     type Out = SinkRecord;
@@ -589,7 +606,7 @@ impl Operator for AdClickOperator {
     ) -> riffle_stream::Result<()> {
         for record in batch.iter() {
             self.newest_input_ts = self.newest_input_ts.max(record.timestamp);
-            let event = match Event::decode(record.value) {
+            let event = match decode_input(record.value, record.timestamp) {
                 Ok(event) => event,
                 Err(error) => {
                     self.rejected += 1;
@@ -695,6 +712,20 @@ impl Operator for AdClickOperator {
         out: &mut Collector<SinkRecord>,
     ) -> riffle_stream::Result<()> {
         let timestamp = self.newest_input_ts;
+        if let Some(watermark) = self.watermark() {
+            if self.announced_watermark != Some(watermark) {
+                self.announced_watermark = Some(watermark);
+                let mut value = Vec::with_capacity(48);
+                crate::records::write_progress(&mut value, self.partition, watermark);
+                out.collect(SinkRecord {
+                    sink: AGGREGATES_SINK,
+                    key: Some(self.partition.to_string().into_bytes()),
+                    value,
+                    timestamp,
+                    headers: Vec::new(),
+                });
+            }
+        }
         let slots = self.spec.filters.slots();
         for (minute, row) in self.dirty.drain(..) {
             let Some(counts) = self.minutes.get_mut(&minute) else {
@@ -798,5 +829,33 @@ impl Operator for AdClickOperator {
 
     fn on_close(&mut self, out: &mut Collector<SinkRecord>) -> riffle_stream::Result<()> {
         self.handle_tick(0, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: &[u8] = br#"{"event_type":"ad_click","event_id":"e-1","event_time":1714564800123,"ad_id":"ad-7","user_id":"u-1","ip":"73.162.0.9","country":"USA"}"#;
+
+    #[test]
+    fn json_and_binary_inputs_decode_to_the_same_event() {
+        let from_json = decode_input(JSON, 1_714_564_800_500).expect("json decodes");
+        let mut binary = Vec::new();
+        from_json.encode(&mut binary);
+        let from_binary = decode_input(&binary, 0).expect("binary decodes");
+        assert_eq!(from_binary, from_json);
+        assert_eq!(from_json.event_time, 1_714_564_800_123);
+        assert!(matches!(&from_json.body, EventBody::AdClick { ad_id, .. } if ad_id == "ad-7"));
+    }
+
+    #[test]
+    fn json_input_is_judged_against_the_record_timestamp_not_the_clock() {
+        // Ten minutes ahead of its record timestamp: rejected, whatever the
+        // wall clock says, so a replay rejects it too.
+        let error = decode_input(JSON, 1_714_564_800_123 - 600_000).unwrap_err();
+        assert!(error.contains("event_time"), "{error}");
+        let garbage = decode_input(b"\x07garbage", 0).unwrap_err();
+        assert!(garbage.contains("JSON"), "{garbage}");
     }
 }

@@ -10,7 +10,16 @@
 //!  "partition":2,"limit":100,"ad_ids":["ad-1","ad-9"],"counts":[812,640]}
 //! ```
 //!
-//! Both carry absolute values: a `count` is the full click count of
+//! and, whenever a task's watermark moves, its progress (key `partition`):
+//!
+//! ```text
+//! {"type":"progress","partition":2,"watermark":1714565085000}
+//! ```
+//!
+//! so that query servers in other processes (role `serve` without
+//! `process`) know each partition's watermark for the `complete` flag.
+//!
+//! Counts and tops carry absolute values: a `count` is the full click count of
 //! (minute, ad, filter) so far, a `top` the full top-N of one input partition
 //! for the window `[window_end − window_minutes, window_end)`. Applying a
 //! record twice equals applying it once.
@@ -41,6 +50,10 @@ pub enum AggregateRecord {
         limit: u32,
         ad_ids: Vec<String>,
         counts: Vec<u64>,
+    },
+    Progress {
+        partition: u32,
+        watermark: i64,
     },
 }
 
@@ -78,6 +91,13 @@ impl From<AggregateRecord> for Decoded {
                     counts,
                 },
             }),
+            AggregateRecord::Progress {
+                partition,
+                watermark,
+            } => Decoded::Progress {
+                partition,
+                watermark,
+            },
         }
     }
 }
@@ -87,6 +107,11 @@ impl From<AggregateRecord> for Decoded {
 pub enum Decoded {
     Row(AggregateRow),
     Partial(PartialTop),
+    /// The task watermark of an input partition.
+    Progress {
+        partition: u32,
+        watermark: i64,
+    },
 }
 
 #[derive(Serialize)]
@@ -122,6 +147,18 @@ struct TopRef<'a> {
     limit: u32,
     ad_ids: &'a [&'a str],
     counts: &'a [u64],
+}
+
+/// Appends the JSON of a progress record to `out`.
+pub fn write_progress(out: &mut Vec<u8>, partition: u32, watermark: i64) {
+    serde_json::to_writer(
+        out,
+        &AggregateRecord::Progress {
+            partition,
+            watermark,
+        },
+    )
+    .expect("serializing into memory cannot fail");
 }
 
 /// Appends the JSON of a partial top record to `out`.

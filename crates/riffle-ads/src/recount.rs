@@ -565,6 +565,7 @@ fn collect(
             continue;
         };
         match Decoded::from(decoded) {
+            Decoded::Progress { .. } => {}
             Decoded::Row(row) => {
                 if (from..to).contains(&row.key.minute_start_ms) {
                     rows.insert(row.key, row.count);

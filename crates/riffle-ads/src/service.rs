@@ -1,7 +1,22 @@
 //! The running ad click pipeline: one [`AdClickOperator`] task per input
-//! partition, the aggregate writer, retention of the store, the hourly
-//! Parquet archive of the raw input (feature `parquet`), and the status
-//! that `GET /v1/pipelines` and the `complete` flag of queries read.
+//! partition this process owns, the aggregate writer, retention of the
+//! store, the hourly Parquet archive of the raw input (feature `parquet`),
+//! and the status that `GET /v1/pipelines` and the `complete` flag of
+//! queries read.
+//!
+//! **Roles.** `process` runs the tasks; `serve` runs the writer (which
+//! materialises the aggregates topic into this process's store and merges
+//! the partial top-Ns), retention and the archive. Either may run alone.
+//!
+//! **Ownership.** The tasks follow the bus's ownership group
+//! `<pipeline>.owners` on the input topic ([`EventBus::join_ownership_group`]):
+//! on the embedded log this process owns every partition; on Kafka the
+//! consumer-group protocol splits them among the `process` members. An
+//! assigned partition starts a task (restore from its checkpoint, replay
+//! to the committed offset, continue); a revoked one is stopped — final
+//! emit and checkpoint — before the revocation is released, so the next
+//! owner restores exactly where this one stopped. Checkpoints are per
+//! partition, so only what moves is handed over.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +26,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use riffle_core::config::AdsConfig;
 use riffle_core::time::Clock;
-use riffle_log::{BusError, EventBus, TopicConfig};
+use riffle_log::{BusError, EventBus, Membership, OwnershipChange, TopicConfig};
 use riffle_stream::{run_task, CheckpointStore, TaskConfig, TaskSnapshot, TaskStatus};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -28,6 +43,22 @@ use crate::writer::{run_writer, WriterConfig, WriterSnapshot, WriterStatus};
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_POLL_BYTES: usize = 1 << 20;
 
+/// Which halves of the pipeline a process runs (`server.roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineRoles {
+    /// The per-partition tasks (role `process`).
+    pub process: bool,
+    /// The aggregate writer, store retention and the archive (role `serve`).
+    pub serve: bool,
+}
+
+impl PipelineRoles {
+    pub const ALL: PipelineRoles = PipelineRoles {
+        process: true,
+        serve: true,
+    };
+}
+
 /// A started pipeline. Cheap to share; queries read it concurrently.
 pub struct AdsPipeline {
     spec: Arc<AdsSpec>,
@@ -35,7 +66,10 @@ pub struct AdsPipeline {
     bus: Arc<dyn EventBus>,
     store: Arc<dyn AggregateStore>,
     clock: Arc<dyn Clock>,
-    tasks: Vec<Arc<TaskStatus>>,
+    roles: PipelineRoles,
+    partitions: u32,
+    /// The tasks of the partitions this process owns now.
+    tasks: Arc<Mutex<BTreeMap<u32, Arc<TaskStatus>>>>,
     writer: Arc<WriterStatus>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     recalcs: Mutex<BTreeMap<u64, Arc<Mutex<RecalcStatus>>>>,
@@ -157,6 +191,7 @@ impl AdsPipeline {
     /// Creates the topics it needs, then starts every task and the writer.
     /// `topic_template` gives retention and segment size of created topics
     /// and the partition count of the input topic if it does not exist.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         bus: Arc<dyn EventBus>,
         store: Arc<dyn AggregateStore>,
@@ -164,6 +199,7 @@ impl AdsPipeline {
         clock: Arc<dyn Clock>,
         config: &AdsConfig,
         topic_template: &TopicConfig,
+        roles: PipelineRoles,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<AdsPipeline>, String> {
         let spec = Arc::new(AdsSpec::from_config(config)?);
@@ -184,16 +220,16 @@ impl AdsPipeline {
         let late_topic = config.late_topic();
         ensure_topic(bus.as_ref(), &late_topic, partitions, topic_template).await?;
 
-        let tasks: Vec<Arc<TaskStatus>> = (0..partitions)
-            .map(|p| Arc::new(TaskStatus::new(p)))
-            .collect();
         let writer = Arc::new(WriterStatus::default());
+        let tasks = Arc::new(Mutex::new(BTreeMap::new()));
         let pipeline = Arc::new(AdsPipeline {
             spec: spec.clone(),
             config: config.clone(),
             bus: bus.clone(),
             store: store.clone(),
             clock: clock.clone(),
+            roles,
+            partitions,
             tasks: tasks.clone(),
             writer: writer.clone(),
             handles: Mutex::new(Vec::new()),
@@ -203,38 +239,25 @@ impl AdsPipeline {
             archive_lock: Arc::new(tokio::sync::Mutex::new(())),
         });
         let mut handles = Vec::new();
-        for (partition, status) in (0..partitions).zip(tasks) {
-            let operator =
-                AdClickOperator::new(spec.clone(), partition).map_err(|e| e.to_string())?;
-            let task_config = TaskConfig {
-                pipeline: config.pipeline.clone(),
-                input_topic: config.input_topic.clone(),
-                partition,
-                sinks: vec![config.aggregates_topic.clone(), late_topic.clone()],
-                emit_interval: Duration::from_millis(config.emit_interval_ms),
-                checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
-                max_poll_bytes: MAX_POLL_BYTES,
-                stop_at: None,
+        if roles.process {
+            let membership = bus
+                .join_ownership_group(&config.owners_group(), &config.input_topic)
+                .await
+                .map_err(|e| format!("joining ownership group {:?}: {e}", config.owners_group()))?;
+            let owner = Owner {
+                bus: bus.clone(),
+                checkpoints: checkpoints.clone(),
+                clock: clock.clone(),
+                spec: spec.clone(),
+                config: config.clone(),
+                tasks,
+                running: BTreeMap::new(),
             };
-            let (bus, checkpoints, clock, shutdown) = (
-                bus.clone(),
-                checkpoints.clone(),
-                clock.clone(),
-                shutdown.clone(),
-            );
-            handles.push(tokio::spawn(async move {
-                // Failures are logged and shown in the task status.
-                let _ = run_task(
-                    bus,
-                    checkpoints,
-                    clock,
-                    task_config,
-                    operator,
-                    status,
-                    shutdown,
-                )
-                .await;
-            }));
+            handles.push(tokio::spawn(owner.run(membership, shutdown.clone())));
+        }
+        if !roles.serve {
+            *pipeline.handles.lock() = handles;
+            return Ok(pipeline);
         }
         let writer_config = WriterConfig {
             pipeline: config.pipeline.clone(),
@@ -296,10 +319,48 @@ impl AdsPipeline {
                 .is_none_or(|at| now - at >= self.config.idle_timeout_ms)
     }
 
+    fn task_snapshots(&self) -> Vec<TaskSnapshot> {
+        self.tasks.lock().values().map(|t| t.snapshot()).collect()
+    }
+
+    pub fn roles(&self) -> PipelineRoles {
+        self.roles
+    }
+
+    /// The input topic's partition count when the pipeline started.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
     /// The pipeline watermark (see [`PipelineReport::watermark`]).
     pub fn watermark(&self) -> Option<i64> {
-        let snapshots: Vec<TaskSnapshot> = self.tasks.iter().map(|t| t.snapshot()).collect();
-        self.watermark_of(&snapshots, self.clock.now_ms())
+        let snapshots = self.task_snapshots();
+        self.pipeline_watermark(&snapshots, self.clock.now_ms())
+    }
+
+    /// From this process's tasks when they cover every partition (one
+    /// process runs the whole pipeline); otherwise from the `progress`
+    /// records the writer has read off the aggregates topic, which every
+    /// partition's owner announces wherever it runs.
+    fn pipeline_watermark(&self, tasks: &[TaskSnapshot], now: i64) -> Option<i64> {
+        if tasks.len() >= self.partitions as usize {
+            return self.watermark_of(tasks, now);
+        }
+        let progress = self.writer.snapshot().progress;
+        let mut active_min: Option<i64> = None;
+        for p in progress.values() {
+            // Quiet for idle_timeout_ms: the partition is idle and does not
+            // hold the pipeline back (the rule tasks use, by announcement).
+            if now - p.seen_ms < self.config.idle_timeout_ms {
+                active_min = Some(active_min.map_or(p.watermark, |m| m.min(p.watermark)));
+            }
+        }
+        if active_min.is_some() {
+            return active_min;
+        }
+        let newest = progress.values().map(|p| p.watermark).max();
+        let by_clock = now - self.config.out_of_orderness_ms;
+        Some(newest.map_or(by_clock, |w| w.max(by_clock)))
     }
 
     fn watermark_of(&self, tasks: &[TaskSnapshot], now: i64) -> Option<i64> {
@@ -331,13 +392,13 @@ impl AdsPipeline {
             .await
             .map(|d| d.partitions)
             .unwrap_or_default();
-        let mut snapshots: Vec<TaskSnapshot> = self.tasks.iter().map(|t| t.snapshot()).collect();
+        let mut snapshots = self.task_snapshots();
         for task in &mut snapshots {
             if let Some(info) = ends.iter().find(|p| p.partition == task.partition) {
                 task.end_offset = task.end_offset.max(info.end_offset);
             }
         }
-        let watermark = self.watermark_of(&snapshots, now);
+        let watermark = self.pipeline_watermark(&snapshots, now);
         let partitions: Vec<PartitionReport> = snapshots
             .into_iter()
             .map(|task| PartitionReport {
@@ -610,6 +671,149 @@ impl AdsPipeline {
         let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock());
         for handle in handles {
             let _ = handle.await;
+        }
+    }
+}
+
+/// A task this process runs for a partition it owns.
+struct RunningTask {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+/// Follows the ownership group: starts a task per assigned partition,
+/// stops (emit + checkpoint) revoked ones before releasing them.
+struct Owner {
+    bus: Arc<dyn EventBus>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    clock: Arc<dyn Clock>,
+    spec: Arc<AdsSpec>,
+    config: AdsConfig,
+    tasks: Arc<Mutex<BTreeMap<u32, Arc<TaskStatus>>>>,
+    running: BTreeMap<u32, RunningTask>,
+}
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut membership: Box<dyn Membership>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let change = tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                change = membership.next_change() => change,
+            };
+            match change {
+                Some(OwnershipChange::Assigned(partitions)) => {
+                    tracing::info!(pipeline = %self.config.pipeline, ?partitions, "partitions assigned");
+                    for partition in partitions {
+                        self.start_task(partition);
+                    }
+                }
+                Some(OwnershipChange::Revoked {
+                    partitions,
+                    release,
+                }) => {
+                    tracing::info!(pipeline = %self.config.pipeline, ?partitions, "partitions revoked");
+                    self.stop_tasks(&partitions).await;
+                    let _ = release.send(());
+                }
+                None => {
+                    tracing::warn!(pipeline = %self.config.pipeline, "ownership group ended");
+                    break;
+                }
+            }
+        }
+        let all: Vec<u32> = self.running.keys().copied().collect();
+        self.stop_tasks(&all).await;
+        // Leaving the group after the final checkpoints lets the next owner
+        // start from them.
+        drop(membership);
+    }
+
+    fn start_task(&mut self, partition: u32) {
+        if self.running.contains_key(&partition) {
+            return;
+        }
+        let task_config = TaskConfig {
+            pipeline: self.config.pipeline.clone(),
+            input_topic: self.config.input_topic.clone(),
+            partition,
+            sinks: vec![
+                self.config.aggregates_topic.clone(),
+                self.config.late_topic(),
+            ],
+            emit_interval: Duration::from_millis(self.config.emit_interval_ms),
+            checkpoint_interval: Duration::from_millis(self.config.checkpoint_interval_ms),
+            max_poll_bytes: MAX_POLL_BYTES,
+            stop_at: None,
+        };
+        let status = Arc::new(TaskStatus::new(partition));
+        self.tasks.lock().insert(partition, status.clone());
+        let (stop, stopped) = watch::channel(false);
+        let (bus, checkpoints, clock, spec) = (
+            self.bus.clone(),
+            self.checkpoints.clone(),
+            self.clock.clone(),
+            self.spec.clone(),
+        );
+        let handle = tokio::spawn(async move {
+            // A failed task (the bus went away, a checkpoint could not be
+            // written) is logged, shown in its status and restarted from its
+            // last checkpoint with backoff — state is rebuilt, never patched.
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let operator = match AdClickOperator::new(spec.clone(), partition) {
+                    Ok(op) => op,
+                    Err(error) => {
+                        tracing::error!(partition, %error, "cannot build the ad click operator");
+                        return;
+                    }
+                };
+                let result = run_task(
+                    bus.clone(),
+                    checkpoints.clone(),
+                    clock.clone(),
+                    task_config.clone(),
+                    operator,
+                    status.clone(),
+                    stopped.clone(),
+                )
+                .await;
+                if result.is_ok() || *stopped.borrow() {
+                    return;
+                }
+                let mut stopped = stopped.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+        self.running.insert(partition, RunningTask { stop, handle });
+    }
+
+    async fn stop_tasks(&mut self, partitions: &[u32]) {
+        let mut stopping = Vec::new();
+        for partition in partitions {
+            if let Some(task) = self.running.remove(partition) {
+                let _ = task.stop.send(true);
+                stopping.push((*partition, task.handle));
+            }
+        }
+        for (partition, handle) in stopping {
+            let _ = handle.await;
+            self.tasks.lock().remove(&partition);
         }
     }
 }

@@ -42,6 +42,16 @@ pub struct WriterSnapshot {
     pub partial_tops_applied: u64,
     pub records_skipped: u64,
     pub last_apply_ms: Option<i64>,
+    /// Per input partition: the newest task watermark announced on the
+    /// aggregates topic and when (server clock) it was read.
+    pub progress: BTreeMap<u32, PartitionProgress>,
+}
+
+/// A task watermark as a `progress` record announced it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionProgress {
+    pub watermark: i64,
+    pub seen_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +177,7 @@ async fn writer_loop(
         let mut newest_input_ts = i64::MIN;
         let mut skipped = 0u64;
         let mut end_offsets = BTreeMap::new();
+        let mut progress = BTreeMap::new();
         for fetched in &polled {
             end_offsets.insert(fetched.partition, fetched.high_watermark);
             for record in fetched.records.iter() {
@@ -175,6 +186,12 @@ async fn writer_loop(
                 match AggregateRecord::decode(record.value).map(Decoded::from) {
                     Ok(Decoded::Row(row)) => {
                         rows.insert(row.key, row.count);
+                    }
+                    Ok(Decoded::Progress {
+                        partition,
+                        watermark,
+                    }) => {
+                        progress.insert(partition, watermark);
                     }
                     Ok(Decoded::Partial(partial)) => {
                         let top = &partial.top;
@@ -199,7 +216,15 @@ async fn writer_loop(
                 }
             }
         }
-        status.update(|s| s.end_offsets.extend(end_offsets));
+        let now = clock.now_ms();
+        status.update(|s| {
+            s.end_offsets.extend(end_offsets);
+            for (partition, watermark) in progress {
+                let entry = s.progress.entry(partition).or_default();
+                entry.watermark = entry.watermark.max(watermark);
+                entry.seen_ms = now;
+            }
+        });
         if rows.is_empty() && partials.is_empty() && skipped == 0 {
             continue;
         }

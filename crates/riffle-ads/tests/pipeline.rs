@@ -390,6 +390,7 @@ async fn start(
         Arc::new(SystemClock),
         config,
         &topic_template(),
+        riffle_ads::PipelineRoles::ALL,
         shutdown_rx,
     )
     .await

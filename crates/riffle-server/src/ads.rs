@@ -28,6 +28,8 @@ impl From<query::QueryError> for ApiError {
 }
 
 fn pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
+    // Queries read the aggregate store, which only the serve role keeps.
+    state.require_role(riffle_core::config::Role::Serve)?;
     let services = state.services()?;
     services.auth.check(headers, Role::Read)?;
     services.ads.clone().ok_or_else(|| {
@@ -171,6 +173,7 @@ fn parse_range(
 }
 
 fn admin_pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
+    state.require_role(riffle_core::config::Role::Serve)?;
     let services = state.services()?;
     services.auth.check(headers, Role::Admin)?;
     services.ads.clone().ok_or_else(|| {

@@ -18,6 +18,8 @@ pub const MAX_LISTED_REJECTIONS: usize = 10_000;
 
 pub struct IngestService {
     pub services: watch::Receiver<Option<Arc<Services>>>,
+    /// Whether this process runs the ingest role.
+    pub ingest_role: bool,
 }
 
 fn limits(services: &Services) -> ParseLimits {
@@ -167,6 +169,11 @@ impl Ingest for IngestService {
             .borrow()
             .clone()
             .ok_or_else(|| Status::unavailable("the log is still recovering; retry shortly"))?;
+        if !self.ingest_role {
+            return Err(Status::unavailable(
+                "this process does not run the ingest role (server.roles)",
+            ));
+        }
         services.auth.check_grpc(request.metadata(), Role::Ingest)?;
         let mut stream = request.into_inner();
         let mut response = PublishResponse::default();

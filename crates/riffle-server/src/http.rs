@@ -137,6 +137,7 @@ async fn post_events(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
+    state.require_role(riffle_core::config::Role::Ingest)?;
     let services = state.services()?;
     services.auth.check(&headers, Role::Ingest)?;
     let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
@@ -518,6 +519,7 @@ async fn produce_records(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
+    state.require_role(riffle_core::config::Role::Ingest)?;
     let services = state.services()?;
     services.auth.check(&headers, Role::Ingest)?;
     let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
@@ -701,5 +703,23 @@ impl AppState {
             .borrow()
             .clone()
             .ok_or_else(|| ApiError::unavailable("the log is still recovering; retry shortly"))
+    }
+
+    /// Refuses a request that needs a role this process does not run
+    /// (`server.roles`): 503 so a load balancer routes it elsewhere.
+    pub fn require_role(&self, role: riffle_core::config::Role) -> Result<(), ApiError> {
+        if self.config.server.roles.contains(&role) {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(format!(
+            "this process does not run the {} role (server.roles = {:?})",
+            role.as_str(),
+            self.config
+                .server
+                .roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+        )))
     }
 }

@@ -330,6 +330,7 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         let service = grpc::IngestService {
             services: services_rx.clone(),
+            ingest_role: roles.contains(&Role::Ingest),
         };
         let datasets_service =
             grpc_datasets::server(datasets_rx.clone(), roles.contains(&Role::DatasetsPublish));
@@ -411,14 +412,15 @@ pub async fn serve(
             ads.join().await;
             info!("ad click pipeline stopped and checkpointed");
         }
-        let log = services.log.clone();
-        tokio::task::spawn_blocking(move || log.close())
-            .await
-            .context("closing the log")??;
+        if let Some(log) = services.log.clone() {
+            tokio::task::spawn_blocking(move || log.close())
+                .await
+                .context("closing the log")??;
+        }
     }
     http_result?;
     grpc_result?;
-    info!("shutdown complete: log flushed and fsynced");
+    info!("shutdown complete");
     Ok(())
 }
 
@@ -427,35 +429,22 @@ async fn start_services(
     admin_token: String,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<Services>> {
-    let log_dir = config.server.data_dir.join("log");
     let options = LogOptions::from_config(&config.log);
     let log_defaults = options.default_topic.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log = {
-        let log_dir = log_dir.clone();
-        let clock = clock.clone();
-        tokio::task::spawn_blocking(move || EmbeddedLog::open_with_clock(&log_dir, options, clock))
-            .await??
-    };
-    for truncation in log.recovery_truncations() {
-        warn!(
-            topic = %truncation.topic,
-            partition = truncation.partition,
-            segment = truncation.segment_base_offset,
-            truncated_bytes = truncation.truncated_bytes,
-            reason = %truncation.reason,
-            "recovery truncated a torn or corrupt tail"
-        );
-    }
-    let bus: Arc<dyn EventBus> = Arc::new(log.clone());
+    let (log, bus) = open_bus(config, options, &clock).await?;
     let ingestor = Arc::new(Ingestor::new(
         bus.clone(),
         config.ingest.clone(),
         clock.clone(),
     ));
     ingestor.ensure_topics(&log_defaults).await?;
-    let ads = if config.ads.enabled {
-        Some(start_ads(config, &bus, &clock, &log_defaults, stop).await?)
+    let roles = riffle_ads::PipelineRoles {
+        process: config.server.roles.contains(&Role::Process),
+        serve: config.server.roles.contains(&Role::Serve),
+    };
+    let ads = if config.ads.enabled && (roles.process || roles.serve) {
+        Some(start_ads(config, &bus, &clock, &log_defaults, roles, stop).await?)
     } else {
         None
     };
@@ -470,27 +459,94 @@ async fn start_services(
     }))
 }
 
-/// Opens the aggregate store and starts the ad click pipeline: its tasks
-/// checkpoint under `<data-dir>/checkpoints`, the store lives in
-/// `<data-dir>/ads/aggregates.redb`.
+/// Opens the bus `[bus]` names: the embedded log under `<data-dir>/log`
+/// (recovered first) or a Kafka cluster.
+async fn open_bus(
+    config: &Config,
+    options: LogOptions,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<(Option<EmbeddedLog>, Arc<dyn EventBus>)> {
+    match config.bus.kind {
+        riffle_core::config::BusKind::Embedded => {
+            let log_dir = config.server.data_dir.join("log");
+            let clock = clock.clone();
+            let log = tokio::task::spawn_blocking(move || {
+                EmbeddedLog::open_with_clock(&log_dir, options, clock)
+            })
+            .await??;
+            for truncation in log.recovery_truncations() {
+                warn!(
+                    topic = %truncation.topic,
+                    partition = truncation.partition,
+                    segment = truncation.segment_base_offset,
+                    truncated_bytes = truncation.truncated_bytes,
+                    reason = %truncation.reason,
+                    "recovery truncated a torn or corrupt tail"
+                );
+            }
+            let bus: Arc<dyn EventBus> = Arc::new(log.clone());
+            Ok((Some(log), bus))
+        }
+        riffle_core::config::BusKind::Kafka => open_kafka(config).await.map(|bus| (None, bus)),
+    }
+}
+
+#[cfg(feature = "kafka")]
+async fn open_kafka(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    let kafka = &config.bus.kafka;
+    let options = riffle_log::kafka::KafkaOptions {
+        brokers: kafka.brokers.clone(),
+        transactions: kafka.transactions,
+        replication_factor: kafka.replication_factor,
+        request_timeout: Duration::from_millis(kafka.request_timeout_ms),
+        properties: kafka.properties.clone(),
+    };
+    let bus = riffle_log::kafka::KafkaBus::connect(options)
+        .await
+        .with_context(|| format!("bus.kafka.brokers = {:?}", kafka.brokers))?;
+    info!(brokers = %kafka.brokers, transactions = kafka.transactions, "connected to Kafka");
+    Ok(Arc::new(bus))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn open_kafka(_config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    anyhow::bail!("bus.kind: \"kafka\" needs a riffle built with the `kafka` feature (the released binary has it)")
+}
+
+/// Starts the ad click pipeline with this process's roles. Tasks (role
+/// `process`) checkpoint under `bus.kafka.checkpoint_dir` on Kafka (a
+/// directory every member shares) or `<data-dir>/checkpoints`; the writer
+/// (role `serve`) materialises the aggregates into
+/// `<data-dir>/ads/aggregates.redb`, which the queries read.
 async fn start_ads(
     config: &Config,
     bus: &Arc<dyn EventBus>,
     clock: &Arc<dyn Clock>,
     log_defaults: &riffle_log::TopicConfig,
+    roles: riffle_ads::PipelineRoles,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<riffle_ads::AdsPipeline>> {
-    let ads_dir = config.server.data_dir.join("ads");
-    std::fs::create_dir_all(&ads_dir)
-        .with_context(|| format!("cannot create {}", ads_dir.display()))?;
-    let store_path = ads_dir.join("aggregates.redb");
-    let store =
-        tokio::task::spawn_blocking(move || riffle_ads::RedbAggregateStore::open(store_path))
-            .await??;
-    let store: Arc<dyn riffle_ads::AggregateStore> = Arc::new(store);
-    let checkpoints: Arc<dyn riffle_stream::CheckpointStore> = Arc::new(
-        riffle_stream::FsCheckpointStore::new(config.server.data_dir.join("checkpoints")),
-    );
+    let store: Arc<dyn riffle_ads::AggregateStore> = if roles.serve {
+        let ads_dir = config.server.data_dir.join("ads");
+        std::fs::create_dir_all(&ads_dir)
+            .with_context(|| format!("cannot create {}", ads_dir.display()))?;
+        let store_path = ads_dir.join("aggregates.redb");
+        let store =
+            tokio::task::spawn_blocking(move || riffle_ads::RedbAggregateStore::open(store_path))
+                .await??;
+        Arc::new(store)
+    } else {
+        // Process-only: no queries here, nothing is written to a store.
+        Arc::new(riffle_ads::MemoryAggregateStore::new())
+    };
+    let checkpoint_dir = match config.bus.kind {
+        riffle_core::config::BusKind::Kafka if !config.bus.kafka.checkpoint_dir.is_empty() => {
+            std::path::PathBuf::from(&config.bus.kafka.checkpoint_dir)
+        }
+        _ => config.server.data_dir.join("checkpoints"),
+    };
+    let checkpoints: Arc<dyn riffle_stream::CheckpointStore> =
+        Arc::new(riffle_stream::FsCheckpointStore::new(checkpoint_dir));
     let template = riffle_log::TopicConfig {
         partitions: config.ingest.topic_partitions,
         ..log_defaults.clone()
@@ -509,6 +565,7 @@ async fn start_ads(
         clock.clone(),
         &ads_config,
         &template,
+        roles,
         stop,
     )
     .await

@@ -55,7 +55,12 @@ pub fn refresh(services: &Services) {
     PARTITION_END_OFFSET.reset();
     PARTITION_START_OFFSET.reset();
     GROUP_LAG.reset();
-    for (tp, start, end) in services.log.end_offsets() {
+    // The Kafka backend's offsets and lags are the brokers' (kafka_* metrics
+    // of the cluster); these gauges describe the embedded log.
+    let Some(log) = &services.log else {
+        return;
+    };
+    for (tp, start, end) in log.end_offsets() {
         let partition = tp.partition.to_string();
         PARTITION_END_OFFSET
             .with_label_values(&[tp.topic.as_str(), partition.as_str()])
@@ -64,7 +69,7 @@ pub fn refresh(services: &Services) {
             .with_label_values(&[tp.topic.as_str(), partition.as_str()])
             .set(start as i64);
     }
-    for (group, tp, lag) in riffle_log::embedded::group_lags(&services.log) {
+    for (group, tp, lag) in riffle_log::embedded::group_lags(log) {
         let partition = tp.partition.to_string();
         GROUP_LAG
             .with_label_values(&[group.as_str(), tp.topic.as_str(), partition.as_str()])

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 
 pub struct Services {
-    pub log: EmbeddedLog,
+    /// The embedded log, when `bus.kind = "embedded"`.
+    pub log: Option<EmbeddedLog>,
     pub bus: Arc<dyn EventBus>,
     pub ingestor: Arc<Ingestor>,
     pub auth: Auth,
