@@ -2,9 +2,8 @@
 # Runs Riffle's whole test suite: formatting, lints, unit, property,
 # crash, corruption and end-to-end tests (the e2e tests drive the real
 # `riffle` binary on 127.0.0.1). This is the README's test command and what
-# CI runs. It installs what the tests need; today that is only the Rust
-# toolchain the machine already has and the openssl CLI (installed below
-# if missing).
+# CI runs. It installs what the tests need: the openssl CLI (if missing),
+# and the Kafka test tools (scripts/kafka-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +18,12 @@ if ! command -v openssl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; else sudo apt-get update -qq && sudo apt-get install -y -qq openssl; fi
 fi
 
-# Services later issues need (Redis, PostgreSQL, a Kafka-protocol broker)
-# will be installed and started here, on loopback only.
+# The Kafka tests start their own tansu broker on 127.0.0.1 (one per test)
+# and use confluent-kafka as an independent client; both are installed once
+# outside the checkout (see the script). Redis and PostgreSQL arrive with
+# their backends.
+echo "==> Kafka test tools (tansu, confluent-kafka)"
+eval "$(bash scripts/kafka-tools.sh)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -115,6 +115,11 @@ pub enum BenchCommand {
     /// publish → N long-polling subscribers all updated (p50/p99/max), consume-path throughput
     /// (wrk if on the PATH), and etcd watch propagation with as many watchers as the peer.
     Datasets(crate::bench_datasets::DatasetsBenchArgs),
+    /// Ad click aggregation over several `riffle serve --roles process` children on Kafka (1, 2,
+    /// 3 … processes) and on the embedded log (one process), same workload, same run; then the
+    /// rebalance after a SIGKILL: kill → every partition committing again, survivors' rate.
+    #[cfg(feature = "kafka")]
+    ScaleOut(crate::bench_scale::ScaleOutArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -141,6 +146,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             .await
         }
         BenchCommand::Datasets(args) => crate::bench_datasets::bench_datasets(args).await,
+        #[cfg(feature = "kafka")]
+        BenchCommand::ScaleOut(args) => crate::bench_scale::bench_scale_out(args).await,
         BenchCommand::AdsServe {
             rate,
             seconds,
@@ -189,7 +196,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn print_machine() {
+pub(crate) fn print_machine() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -418,7 +425,7 @@ impl Drop for ServerChild {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

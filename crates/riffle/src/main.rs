@@ -6,6 +6,8 @@ mod ads;
 mod bench;
 mod bench_ads;
 mod bench_datasets;
+#[cfg(feature = "kafka")]
+mod bench_scale;
 mod bench_serve;
 mod client;
 mod commands;
@@ -245,11 +247,17 @@ struct ServeArgs {
     /// Dataset consume listener. Default from config: 127.0.0.1:8082.
     #[arg(long, value_name = "HOST:PORT")]
     datasets_consume_addr: Option<String>,
-    /// What this process runs, comma-separated: ingest, process, serve, datasets-publish,
-    /// datasets-consume. Default from config: all. Without ingest, process and serve the log
-    /// is not opened (a dataset-only process).
+    /// What this process runs, comma-separated: ingest (POST /v1/events, gRPC ingest), process
+    /// (pipeline tasks of the input partitions this process owns), serve (aggregate writer and
+    /// query APIs), datasets-publish, datasets-consume. Default from config: all. Without
+    /// ingest, process and serve the bus is not opened (a dataset-only process). Separate
+    /// ingest / process / serve processes need a shared bus: bus.kind = "kafka".
     #[arg(long, value_name = "ROLES", value_delimiter = ',')]
     roles: Vec<String>,
+    /// Run on Kafka at these brokers (host:port,…): sets bus.kind = "kafka" and
+    /// bus.kafka.brokers. Default from config: the embedded log.
+    #[arg(long, value_name = "HOST:PORT,…")]
+    kafka_brokers: Option<String>,
     /// Extra TOML config files, applied after ./riffle.toml and before RIFFLE__* variables.
     #[arg(long, value_name = "FILE")]
     config: Vec<PathBuf>,
@@ -297,6 +305,16 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = &args.datasets_consume_addr {
         overrides.push(("datasets.consume_addr".to_string(), addr.clone().into()));
+    }
+    if let Some(brokers) = &args.kafka_brokers {
+        overrides.push((
+            "bus.kind".to_string(),
+            riffle_core::config::toml_value::Value::from("kafka"),
+        ));
+        overrides.push((
+            "bus.kafka.brokers".to_string(),
+            riffle_core::config::toml_value::Value::from(brokers.as_str()),
+        ));
     }
     if !args.roles.is_empty() {
         let mut roles = Vec::new();

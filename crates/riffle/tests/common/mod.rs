@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -158,6 +160,12 @@ impl Server {
     /// [`Server::start`] with extra environment variables, e.g. config
     /// overrides `("RIFFLE__ADS__EMIT_INTERVAL_MS", "20")`.
     pub async fn start_with_env(dir: &TestDir, env: &[(&str, &str)]) -> Server {
+        Server::start_with_args(dir, env, &[]).await
+    }
+
+    /// [`Server::start_with_env`] with extra `riffle serve` arguments, e.g.
+    /// `["--roles", "process"]`.
+    pub async fn start_with_args(dir: &TestDir, env: &[(&str, &str)], args: &[&str]) -> Server {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -180,6 +188,7 @@ impl Server {
                     "--datasets-consume-addr",
                     &format!("127.0.0.1:{consume_port}"),
                 ])
+                .args(args)
                 .env("RIFFLE_LOG", "info")
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
