@@ -219,13 +219,15 @@ async fn writer_loop(
         let now = clock.now_ms();
         status.update(|s| {
             s.end_offsets.extend(end_offsets);
-            for (partition, watermark) in progress {
+            for (&partition, &watermark) in &progress {
                 let entry = s.progress.entry(partition).or_default();
                 entry.watermark = entry.watermark.max(watermark);
                 entry.seen_ms = now;
             }
         });
-        if rows.is_empty() && partials.is_empty() && skipped == 0 {
+        // A poll of only progress records still moves the positions, so
+        // the writer's position reaches the end of the topic.
+        if rows.is_empty() && partials.is_empty() && skipped == 0 && progress.is_empty() {
             continue;
         }
         let batch = WriteBatch {

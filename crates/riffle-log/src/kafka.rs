@@ -893,11 +893,10 @@ impl Consumer for KafkaConsumer {
                 }
                 wait = Duration::ZERO;
             }
-            let positions = consumer.position().ok();
-            Ok((collector, positions))
+            Ok(collector)
         })
         .await?;
-        let (collector, _) = batches;
+        let collector = batches;
         let consumer = &self.consumer;
         let out =
             collector.finish(|topic, partition| cached_high_watermark(consumer, topic, partition));
