@@ -192,7 +192,9 @@ pub struct FetchedBatch {
 pub trait Producer: Send + Sync {
     /// Appends `batch` to one partition and returns the offset of its first
     /// record once the whole batch is durable. Records of one call keep
-    /// their order and get consecutive offsets.
+    /// their order and get consecutive offsets — on Kafka only while this
+    /// process is the partition's one producer (another producer's records
+    /// can interleave; see `kafka.rs`).
     async fn append(&self, topic: &str, partition: u32, batch: RecordBatch) -> Result<Offset>;
 
     async fn partition_count(&self, topic: &str) -> Result<u32>;

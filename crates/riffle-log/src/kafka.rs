@@ -8,7 +8,10 @@
 //!   partition is always explicit — keys are routed by the caller with
 //!   Kafka's murmur2 ([`crate::partition_for_key`]), which is what Kafka's
 //!   Java client does too, so a key lands on the same partition number as
-//!   on the embedded log.
+//!   on the embedded log. The records of one `append` stay in order, but
+//!   records of other producers (other `riffle` processes) can land between
+//!   them: the returned offset is the first record's, and the rest are
+//!   consecutive only when this process is the partition's one producer.
 //! * **Admin**: topics through the admin API (`retention.ms`,
 //!   `retention.bytes`, `segment.bytes` as topic configs); offsets through
 //!   watermarks and `offsetsForTimes`; `fetch` through a dedicated
@@ -209,6 +212,20 @@ impl KafkaBus {
 
     pub fn options(&self) -> &KafkaOptions {
         &self.inner.options
+    }
+}
+
+impl KafkaBus {
+    /// [`Inner::check_partition`], answered from the metadata cache without
+    /// the blocking pool when it can be (every append passes here).
+    async fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let cached = self.inner.partitions.lock().get(topic).copied();
+        if cached.is_some_and(|count| partition < count) {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        blocking(move || inner.check_partition(&topic, partition)).await
     }
 }
 
@@ -428,12 +445,12 @@ async fn send_batch(
     first.ok_or_else(|| BusError::InvalidArgument("empty record batch".into()))
 }
 
-/// Collects polled messages into per-partition record sets. Offsets within
-/// a partition may jump (transaction markers, compaction); each run of
-/// consecutive offsets becomes one frame.
 /// Consecutive records of one partition: (first offset, records).
 type Run = (u64, RecordBatch);
 
+/// Collects polled messages into per-partition record sets. Offsets within
+/// a partition may jump (transaction markers, compaction); each run of
+/// consecutive offsets becomes one frame.
 #[derive(Default)]
 struct Collector {
     partitions: BTreeMap<(Arc<str>, u32), Vec<Run>>,
@@ -500,9 +517,7 @@ impl Producer for KafkaBus {
         if batch.is_empty() {
             return Err(BusError::InvalidArgument("empty record batch".into()));
         }
-        let inner = self.inner.clone();
-        let (t, p) = (topic.to_string(), partition);
-        blocking(move || inner.check_partition(&t, p)).await?;
+        self.check_partition(topic, partition).await?;
         send_batch(&self.inner.producer, topic, partition, &batch).await
     }
 
@@ -1047,10 +1062,11 @@ impl Transaction for KafkaTransaction {
     }
 
     async fn commit(self: Box<Self>) -> Result<Vec<Offset>> {
+        let bus = KafkaBus {
+            inner: self.inner.clone(),
+        };
         for (topic, partition, _) in &self.batches {
-            let inner = self.inner.clone();
-            let (t, p) = (topic.clone(), *partition);
-            blocking(move || inner.check_partition(&t, p)).await?;
+            bus.check_partition(topic, *partition).await?;
         }
         if self.inner.options.transactions {
             return self.commit_transactional().await;
