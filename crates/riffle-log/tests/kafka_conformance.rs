@@ -28,3 +28,24 @@ riffle_log::bus_conformance_suite!(
     skip [seek_positions]
     because "requires real Kafka: tansu memory storage reports wrong high watermarks"
 );
+
+/// The same suite with `bus.kafka.transactions = true`: every commit runs
+/// in a Kafka transaction (transactional producer per id,
+/// sendOffsetsToTransaction).
+mod transactional {
+    use super::*;
+
+    async fn kafka_bus() -> Option<Arc<dyn EventBus>> {
+        let broker = BROKER.get_or_init(TestBroker::start).as_ref()?;
+        let mut options = broker.options();
+        options.transactions = true;
+        let bus = KafkaBus::connect(options).await.expect("connect to tansu");
+        Some(Arc::new(bus) as Arc<dyn EventBus>)
+    }
+
+    riffle_log::bus_conformance_suite!(
+        optional kafka_bus,
+        skip [seek_positions]
+        because "requires real Kafka: tansu memory storage reports wrong high watermarks"
+    );
+}
