@@ -37,6 +37,19 @@
 //!
 //! Blocking librdkafka calls (metadata, watermarks, committed offsets,
 //! transactions) run on the blocking thread pool.
+//!
+//! **One assignment per consumer handle.** The bundled librdkafka (2.12.1)
+//! aborts the process (`rd_kafka_assignment_partition_stopped: Assertion
+//! 'rktp->rktp_started' failed`, librdkafka issue 5573) when a partition is
+//! removed from a consumer's assignment a second time before the fetcher
+//! stop of the first removal has been served: unassign, assign the same
+//! partition again, unassign — which is what re-assigning on every seek
+//! and an assign/unassign per `fetch` did. So no handle is ever assigned
+//! twice: a consumer of fixed partitions assigns at its first poll (seeks
+//! before it only move the start), a later seek replaces the handle, and
+//! the `fetch` consumer keeps its assignment while reads go on where the
+//! last one stopped and is replaced for any other partition or offset.
+//! A handle is released with one unassign before it is destroyed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,7 +161,7 @@ struct Inner {
     /// Group-less consumer for metadata, watermarks and offset look-ups.
     meta: BaseConsumer,
     /// Group-less consumer for `Admin::fetch`, one fetch at a time.
-    fetcher: Arc<tokio::sync::Mutex<BaseConsumer>>,
+    fetcher: Arc<tokio::sync::Mutex<Fetcher>>,
     partitions: Mutex<HashMap<String, u32>>,
     /// Offset committers per group (never subscribe, so their commits are
     /// "simple" commits that any group accepts while it has no members).
@@ -177,17 +190,13 @@ impl KafkaBus {
             .consumer_config("riffle.meta")
             .create()
             .map_err(|e| backend("metadata consumer", e))?;
-        let fetcher: BaseConsumer = options
-            .consumer_config("riffle.fetch")
-            .create()
-            .map_err(|e| backend("fetch consumer", e))?;
         let bus = KafkaBus {
             inner: Arc::new(Inner {
                 options,
                 producer,
                 admin,
                 meta,
-                fetcher: Arc::new(tokio::sync::Mutex::new(fetcher)),
+                fetcher: Arc::new(tokio::sync::Mutex::new(Fetcher::default())),
                 partitions: Mutex::new(HashMap::new()),
                 committers: Mutex::new(HashMap::new()),
                 txn_producers: Mutex::new(HashMap::new()),
@@ -688,7 +697,7 @@ impl Admin for KafkaBus {
         max_bytes: usize,
     ) -> Result<FetchedBatch> {
         let inner = self.inner.clone();
-        let fetcher = self.inner.fetcher.clone().lock_owned().await;
+        let mut fetcher = self.inner.fetcher.clone().lock_owned().await;
         let topic = topic.to_string();
         blocking(move || {
             let (start, end) = inner.watermarks(&topic, partition)?;
@@ -710,12 +719,29 @@ impl Admin for KafkaBus {
                     high_watermark: end,
                 });
             }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, partition as i32, KOffset::Offset(offset as i64))
-                .map_err(|e| backend("fetch", e))?;
-            fetcher
-                .assign(&tpl)
-                .map_err(|e| backend("fetch assign", e))?;
+            let positioned = fetcher
+                .at
+                .as_ref()
+                .is_some_and(|(t, p, next)| *t == topic && *p == partition && *next == offset);
+            if !positioned {
+                // A new handle for a new position: see "One assignment per
+                // consumer handle" in the module docs.
+                fetcher.release();
+                let consumer: BaseConsumer = inner
+                    .options
+                    .consumer_config("riffle.fetch")
+                    .create()
+                    .map_err(|e| backend("fetch consumer", e))?;
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, partition as i32, KOffset::Offset(offset as i64))
+                    .map_err(|e| backend("fetch", e))?;
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| backend("fetch assign", e))?;
+                fetcher.consumer = Some(consumer);
+            }
+            fetcher.at = None;
+            let consumer = fetcher.consumer.as_ref().expect("assigned above");
             let mut collector = Collector::default();
             let deadline = std::time::Instant::now() + inner.timeout();
             let mut next = offset;
@@ -728,7 +754,7 @@ impl Admin for KafkaBus {
                 if wait.is_zero() {
                     break;
                 }
-                match fetcher.poll(wait) {
+                match consumer.poll(wait) {
                     Some(Ok(message))
                         if message.topic() == topic && message.partition() as u32 == partition =>
                     {
@@ -737,14 +763,15 @@ impl Admin for KafkaBus {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => {
-                        let _ = fetcher.unassign();
+                        fetcher.release();
                         return Err(backend(&format!("fetch {topic}/{partition}"), error));
                     }
                     None if collector.bytes > 0 => break,
                     None => {}
                 }
             }
-            let _ = fetcher.unassign();
+            // Stay assigned: the next fetch usually continues from `next`.
+            fetcher.at = Some((topic.clone(), partition, next));
             let mut batches = collector.finish(|_, _| end);
             Ok(batches.pop().unwrap_or(FetchedBatch {
                 topic: name,
@@ -876,12 +903,36 @@ impl KafkaBus {
     }
 }
 
+/// The consumer behind `Admin::fetch` and the position it is assigned at.
+#[derive(Default)]
+struct Fetcher {
+    consumer: Option<BaseConsumer>,
+    /// (topic, partition, next offset) when the next fetch there can go on
+    /// with the current assignment.
+    at: Option<(String, u32, u64)>,
+}
+
+impl Fetcher {
+    /// Unassigns and destroys the handle (blocking).
+    fn release(&mut self) {
+        self.at = None;
+        if let Some(consumer) = self.consumer.take() {
+            let _ = consumer.unassign();
+        }
+    }
+}
+
 /// A consumer of the bus: a group member or a reader of fixed partitions.
 struct KafkaConsumer {
     group: String,
     consumer: Arc<BaseConsumer>,
+    /// The settings `consumer` was made with (a seek makes a new handle).
+    client: ClientConfig,
+    /// Whether `consumer` has been given its (one) assignment.
+    started: bool,
     max_poll_bytes: usize,
-    /// Fixed partitions with their next offsets (`Subscription::Assign`).
+    /// Fixed partitions with the offsets the handle starts at
+    /// (`Subscription::Assign`).
     assigned: Option<BTreeMap<TopicPartition, Offset>>,
     positions: BTreeMap<TopicPartition, Offset>,
     inner: Arc<Inner>,
@@ -896,7 +947,19 @@ impl Consumer for KafkaConsumer {
     async fn poll(&mut self, timeout: Duration) -> Result<Vec<FetchedBatch>> {
         let consumer = self.consumer.clone();
         let max_bytes = self.max_poll_bytes;
+        let assign = match &self.assigned {
+            Some(assigned) if !self.started => {
+                let list: Vec<(TopicPartition, Offset)> =
+                    assigned.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                Some(offsets_list(&list)?)
+            }
+            _ => None,
+        };
+        self.started = true;
         let batches = blocking(move || {
+            if let Some(tpl) = assign {
+                consumer.assign(&tpl).map_err(|e| backend("assign", e))?;
+            }
             let mut collector = Collector::default();
             let mut wait = timeout;
             while collector.bytes < max_bytes {
@@ -957,27 +1020,45 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn seek(&mut self, tp: &TopicPartition, to: StartPosition) -> Result<Offset> {
-        let offset = self.inner_resolve(tp, to).await?;
-        self.positions.insert(tp.clone(), offset);
+        // An explicit offset is taken as it is, as Kafka's consumers do (a
+        // fetch out of range then follows `auto.offset.reset`): the end a
+        // broker reports can be behind what was written (tansu's memory
+        // storage reports the last batch's base offset + 1), and a task
+        // restoring a checkpoint must still start exactly there.
+        let offset = match to {
+            StartPosition::Offset(offset) => offset,
+            other => self.inner_resolve(tp, other).await?,
+        };
         if let Some(assigned) = &mut self.assigned {
             if !assigned.contains_key(tp) {
                 return Err(BusError::InvalidArgument(format!("{tp} is not assigned")));
             }
+            // The other partitions go on from where they are.
+            for (partition, start) in assigned.iter_mut() {
+                if let Some(position) = self.positions.get(partition) {
+                    *start = *position;
+                }
+            }
             assigned.insert(tp.clone(), offset);
-            // Re-assigning restarts the fetcher at the new offsets and
-            // drops anything prefetched.
-            let list: Vec<(TopicPartition, Offset)> =
-                assigned.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            let tpl = offsets_list(&list)?;
-            let consumer = self.consumer.clone();
-            return blocking(move || {
-                consumer
-                    .assign(&tpl)
-                    .map(|_| offset)
-                    .map_err(|e| backend("assign", e))
+            self.positions.insert(tp.clone(), offset);
+            if !self.started {
+                // Not assigned yet: the first poll starts there.
+                return Ok(offset);
+            }
+            // Re-assigning this handle could abort the process (module
+            // docs): start a new one, assigned at its first poll.
+            let fresh: BaseConsumer = self.client.create().map_err(|e| backend("consumer", e))?;
+            let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+            self.started = false;
+            blocking(move || {
+                let _ = old.unassign();
+                drop(old);
+                Ok(())
             })
-            .await;
+            .await?;
+            return Ok(offset);
         }
+        self.positions.insert(tp.clone(), offset);
         let consumer = self.consumer.clone();
         let (topic, partition) = (tp.topic.clone(), tp.partition);
         let timeout = self.inner.timeout();
@@ -1022,10 +1103,10 @@ impl Drop for KafkaConsumer {
         // librdkafka's destroy can wait forever on partitions still
         // assigned; release them first (a poll still in flight on the
         // blocking pool holds the last reference and finishes the close).
-        if self.assigned.is_some() {
-            let _ = self.consumer.unassign();
-        } else {
+        if self.assigned.is_none() {
             self.consumer.unsubscribe();
+        } else if self.started {
+            let _ = self.consumer.unassign();
         }
     }
 }
@@ -1258,6 +1339,8 @@ impl EventBus for KafkaBus {
         let mut kafka = KafkaConsumer {
             group: config.group.clone(),
             consumer: consumer.clone(),
+            client,
+            started: false,
             max_poll_bytes: config.max_poll_bytes.max(1),
             assigned: None,
             positions: BTreeMap::new(),
@@ -1298,11 +1381,7 @@ impl EventBus for KafkaBus {
                     };
                     assigned.insert(tp, start);
                 }
-                let list: Vec<(TopicPartition, Offset)> =
-                    assigned.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                consumer
-                    .assign(&offsets_list(&list)?)
-                    .map_err(|e| backend("assign", e))?;
+                // Assigned at the first poll (module docs).
                 kafka.positions = assigned.clone();
                 kafka.assigned = Some(assigned);
             }
