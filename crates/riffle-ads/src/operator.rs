@@ -1,18 +1,23 @@
-//! The ad click operator: one instance per input partition of `ad_clicks`
-//! (ingest keys clicks by `ad_id`, so every click of an ad — and every
-//! duplicate of a click — is in one partition).
+//! The ad click operator: one instance per input partition of `ad_clicks`.
+//! The task of partition `p` owns the ads whose murmur2(`ad_id`) modulo the
+//! partition count is `p` — where ingest writes them — so every click of an
+//! ad, and every duplicate of a click, is counted by one task.
 //!
 //! Per click, in input order:
 //!
 //! 1. decode; a record that is not a valid `ad_click` goes to the late topic
 //!    with reason `malformed` / `wrong_type` (never dropped silently);
-//! 2. dedup by `event_id` over the horizon; duplicates are dropped and
+//! 2. a click of an ad another partition owns (written by a producer that
+//!    partitions differently, or without a key) is forwarded unchanged to
+//!    that partition's task through the repartition topic
+//!    ([`riffle_stream::runtime`], "Repartitioning") and not counted here;
+//! 3. dedup by `event_id` over the horizon; duplicates are dropped and
 //!    counted — also repeats of a too-late event, so a re-sent batch never
 //!    puts an event in the late topic twice;
-//! 3. classify its minute window `[m, m + 60 s)` against the task watermark
+//! 4. classify its minute window `[m, m + 60 s)` against the task watermark
 //!    `W = max event time seen before it − out_of_orderness`: if
 //!    `m + 60 s + allowed_lateness ≤ W` it is too late → late topic;
-//! 4. count it in (m, ad) for "no filter" and every filter it matches, and
+//! 5. count it in (m, ad) for "no filter" and every filter it matches, and
 //!    in every configured top-N window `(e − M, e]` containing it
 //!    (`e ∈ {m + 1 min, …, m + M min}`): a per-window sum per ad plus an
 //!    incrementally maintained top-N (sums only grow within a window, so an
@@ -269,6 +274,8 @@ pub struct AdClickOperator {
     late: u64,
     duplicates: u64,
     rejected: u64,
+    /// Clicks sent to the task owning their ad (not checkpointed).
+    forwarded: u64,
     scratch: Vec<u8>,
 }
 
@@ -303,8 +310,14 @@ impl AdClickOperator {
             late: 0,
             duplicates: 0,
             rejected: 0,
+            forwarded: 0,
             scratch: Vec::new(),
         })
+    }
+
+    /// Clicks this instance forwarded to the task owning their ad.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded
     }
 
     /// The task watermark: max event time seen − out-of-orderness.
@@ -642,6 +655,11 @@ impl Operator for AdClickOperator {
                 );
                 continue;
             };
+            if batch.forward_to(ad_id.as_bytes()).is_some() {
+                self.forwarded += 1;
+                out.collect(SinkRecord::forward(&batch, &record, ad_id.as_bytes()));
+                continue;
+            }
             let time = event.event_time;
             let minute = time.div_euclid(MINUTE_MS) * MINUTE_MS;
             let watermark = self.watermark();

@@ -27,7 +27,9 @@ use parking_lot::Mutex;
 use riffle_core::config::AdsConfig;
 use riffle_core::time::Clock;
 use riffle_log::{BusError, EventBus, Membership, OwnershipChange, TopicConfig};
-use riffle_stream::{run_task, CheckpointStore, TaskConfig, TaskSnapshot, TaskStatus};
+use riffle_stream::{
+    run_task, CheckpointStore, RepartitionConfig, TaskConfig, TaskSnapshot, TaskStatus,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -219,6 +221,17 @@ impl AdsPipeline {
         .await?;
         let late_topic = config.late_topic();
         ensure_topic(bus.as_ref(), &late_topic, partitions, topic_template).await?;
+        // Forwarded clicks are routed modulo the input's partition count, so
+        // the repartition topic must have exactly that many.
+        let repartition_topic = config.repartition_topic();
+        let existing =
+            ensure_topic(bus.as_ref(), &repartition_topic, partitions, topic_template).await?;
+        if existing != partitions {
+            return Err(format!(
+                "topic {repartition_topic:?} has {existing} partitions, the input {:?} has {partitions}; they must match (delete the repartition topic while the pipeline is stopped and it is recreated)",
+                config.input_topic
+            ));
+        }
 
         let writer = Arc::new(WriterStatus::default());
         let tasks = Arc::new(Mutex::new(BTreeMap::new()));
@@ -250,6 +263,7 @@ impl AdsPipeline {
                 clock: clock.clone(),
                 spec: spec.clone(),
                 config: config.clone(),
+                partitions,
                 tasks,
                 running: BTreeMap::new(),
             };
@@ -689,6 +703,8 @@ struct Owner {
     clock: Arc<dyn Clock>,
     spec: Arc<AdsSpec>,
     config: AdsConfig,
+    /// The input topic's partition count (the repartition modulus).
+    partitions: u32,
     tasks: Arc<Mutex<BTreeMap<u32, Arc<TaskStatus>>>>,
     running: BTreeMap<u32, RunningTask>,
 }
@@ -752,6 +768,10 @@ impl Owner {
                 self.config.aggregates_topic.clone(),
                 self.config.late_topic(),
             ],
+            repartition: Some(RepartitionConfig {
+                topic: self.config.repartition_topic(),
+                partitions: self.partitions,
+            }),
             emit_interval: Duration::from_millis(self.config.emit_interval_ms),
             checkpoint_interval: Duration::from_millis(self.config.checkpoint_interval_ms),
             max_poll_bytes: MAX_POLL_BYTES,

@@ -90,6 +90,12 @@ impl AdsConfig {
         format!("{}.late", self.pipeline)
     }
 
+    /// The internal topic through which tasks send clicks to the task that
+    /// owns their ad (same partition count as the input).
+    pub fn repartition_topic(&self) -> String {
+        format!("{}.repartition", self.pipeline)
+    }
+
     /// The consumer group whose members share ownership of the input
     /// partitions (the pipeline's offsets are committed under `pipeline`).
     pub fn owners_group(&self) -> String {

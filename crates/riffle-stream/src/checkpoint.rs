@@ -2,7 +2,7 @@
 //! covers, stored per (pipeline, input partition) so a partition's state can
 //! move on its own (restart, or a rebalance in scale-out).
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //!
 //! A checkpoint is one file
 //! `<root>/<pipeline>/<topic>-<partition>/<id as 20 digits>.ckpt`, all
@@ -10,12 +10,18 @@
 //!
 //! ```text
 //! magic         4 bytes  "RFCK"
-//! version       u32      1
+//! version       u32      2 (1 is still read: no repartition part)
 //! id            u64      checkpoint id, +1 per checkpoint of the task
 //! input_offset  u64      next input offset to read: the state covers exactly
 //!                        the records before it
 //! created_ms    i64      wall clock when it was taken
 //! state_len     u64      then state_len bytes of operator state
+//! -- version 2 only: the task's place in its repartition partition --
+//! rp_offset     u64      next repartition offset to process
+//! rp_round      u64      sequence number of the last round it followed
+//! origins       u32      then `origins` × u64: per source partition, the
+//!                        next source offset a forwarded record may carry
+//!                        (smaller ones are repeats and are skipped)
 //! crc32c        u32      CRC-32C (Castagnoli) of every preceding byte
 //! ```
 //!
@@ -38,7 +44,8 @@ use crate::error::{Result, StreamError};
 use crate::operator::CheckpointId;
 
 const MAGIC: &[u8; 4] = b"RFCK";
-const FORMAT_VERSION: u32 = 1;
+/// 2: the repartition part was added.
+const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8 + 8;
 /// How many checkpoints per task are kept on disk.
 pub const KEEP: usize = 2;
@@ -51,6 +58,22 @@ pub struct TaskCheckpoint {
     pub input_offset: u64,
     pub created_ms: i64,
     pub state: Vec<u8>,
+    /// Where the task stands in its repartition partition (all zero for a
+    /// task without one, and in version 1 files).
+    pub repartition: RepartitionPosition,
+}
+
+/// A task's position in the repartition topic's partition it reads (see
+/// [`crate::runtime`], "Repartitioning").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepartitionPosition {
+    /// The next repartition offset to process.
+    pub offset: u64,
+    /// The sequence number of the last round the task followed.
+    pub round: u64,
+    /// Per source partition, the next source offset a forwarded record may
+    /// carry; a smaller one is a repeat (a re-forward after a crash).
+    pub origins: Vec<u64>,
 }
 
 /// Where task checkpoints live. The filesystem implementation serves the
@@ -119,6 +142,13 @@ pub fn encode(checkpoint: &TaskCheckpoint) -> Vec<u8> {
     out.extend_from_slice(&checkpoint.created_ms.to_le_bytes());
     out.extend_from_slice(&(checkpoint.state.len() as u64).to_le_bytes());
     out.extend_from_slice(&checkpoint.state);
+    let rp = &checkpoint.repartition;
+    out.extend_from_slice(&rp.offset.to_le_bytes());
+    out.extend_from_slice(&rp.round.to_le_bytes());
+    out.extend_from_slice(&(rp.origins.len() as u32).to_le_bytes());
+    for next in &rp.origins {
+        out.extend_from_slice(&next.to_le_bytes());
+    }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -142,11 +172,38 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if version != 1 && version != FORMAT_VERSION {
         return Err(format!("unsupported version {version}"));
     }
     let state_len = u64_at(32) as usize;
-    if body.len() != HEADER_LEN + state_len {
+    let state_end = HEADER_LEN
+        .checked_add(state_len)
+        .filter(|end| *end <= body.len())
+        .ok_or_else(|| {
+            format!(
+                "state length {state_len} does not fit the file ({} bytes after the header)",
+                body.len() - HEADER_LEN
+            )
+        })?;
+    let mut repartition = RepartitionPosition::default();
+    if version >= 2 {
+        let rest = &body[state_end..];
+        if rest.len() < 20 {
+            return Err(format!("repartition part truncated ({} bytes)", rest.len()));
+        }
+        let at = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
+        repartition.offset = at(0);
+        repartition.round = at(8);
+        let origins = u32::from_le_bytes(rest[16..20].try_into().expect("4 bytes")) as usize;
+        if rest.len() != 20 + origins * 8 {
+            return Err(format!(
+                "repartition part is {} bytes, {origins} origins need {}",
+                rest.len(),
+                20 + origins * 8
+            ));
+        }
+        repartition.origins = (0..origins).map(|i| at(20 + i * 8)).collect();
+    } else if body.len() != state_end {
         return Err(format!(
             "state length {state_len} does not match the file ({} bytes of state)",
             body.len() - HEADER_LEN
@@ -156,7 +213,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
         id: u64_at(8),
         input_offset: u64_at(16),
         created_ms: u64_at(24) as i64,
-        state: body[HEADER_LEN..].to_vec(),
+        state: body[HEADER_LEN..state_end].to_vec(),
+        repartition,
     })
 }
 
@@ -280,6 +338,11 @@ mod tests {
             input_offset: id * 10,
             created_ms: 1_700_000_000_000 + id as i64,
             state: vec![id as u8; id as usize],
+            repartition: RepartitionPosition {
+                offset: id * 3,
+                round: id,
+                origins: vec![id, 0, 7],
+            },
         }
     }
 
@@ -294,6 +357,33 @@ mod tests {
             assert!(decode(&damaged).is_err(), "flip at {i} not detected");
         }
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// A version 1 file (written before repartitioning existed) still
+    /// reads, with a zero repartition position. The bytes are pinned.
+    #[test]
+    fn version_1_files_still_read() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"RFCK");
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.extend_from_slice(&1234u64.to_le_bytes());
+        v1.extend_from_slice(&1_700_000_000_000i64.to_le_bytes());
+        v1.extend_from_slice(&3u64.to_le_bytes());
+        v1.extend_from_slice(b"abc");
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let cp = decode(&v1).unwrap();
+        assert_eq!(
+            cp,
+            TaskCheckpoint {
+                id: 5,
+                input_offset: 1234,
+                created_ms: 1_700_000_000_000,
+                state: b"abc".to_vec(),
+                repartition: RepartitionPosition::default(),
+            }
+        );
     }
 
     #[test]

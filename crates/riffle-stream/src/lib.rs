@@ -18,7 +18,10 @@
 //! * [`runtime`] — one task per input partition: polls the bus, drives an
 //!   operator, commits its output and input offsets in one bus transaction
 //!   every emit interval, checkpoints its state, restores and replays after
-//!   a crash (the protocol is in the module docs and ADR 0002).
+//!   a crash (the protocol is in the module docs and ADR 0002); and the
+//!   repartition step that sends a record to the task owning its key
+//!   through an internal topic, in the same transaction, with the order of
+//!   the two inputs written down so replay reproduces it.
 //! * [`checkpoint`] — the checkpoint store trait and its filesystem
 //!   implementation (atomic, checksummed files per task).
 //! * [`metrics`] — per-pipeline Prometheus series.
@@ -35,13 +38,13 @@ pub mod runtime;
 pub mod time;
 pub mod watermark;
 
-pub use checkpoint::{CheckpointStore, FsCheckpointStore, TaskCheckpoint};
+pub use checkpoint::{CheckpointStore, FsCheckpointStore, RepartitionPosition, TaskCheckpoint};
 pub use dedup::{DedupConfig, Deduplicator, Verdict};
 pub use error::{Result, StreamError};
 pub use operator::{CheckpointId, Collector, Operator, OperatorProgress};
 pub use runtime::{
-    run_task, CheckpointInfo, SinkRecord, SourceBatch, TaskConfig, TaskOutcome, TaskSnapshot,
-    TaskStatus,
+    run_task, CheckpointInfo, RepartitionConfig, SinkRecord, SourceBatch, TaskConfig, TaskOutcome,
+    TaskSnapshot, TaskStatus, FORWARD_SINK,
 };
 pub use time::{SessionMerge, SessionWindows, Window, WindowAssigner, WindowSpec};
 pub use watermark::{

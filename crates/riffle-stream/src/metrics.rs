@@ -106,3 +106,21 @@ pub static FRESHNESS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+pub static FORWARDED_OUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_records_forwarded_total",
+        "Input records a task sent to the task owning their key through the repartition topic (they were not on their key's partition)",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});
+
+pub static FORWARDED_IN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "riffle_stream_forwarded_records_in_total",
+        "Records forwarded to a task by other tasks, processed (repeats of a forward excluded)",
+        &["pipeline", "partition"]
+    )
+    .unwrap()
+});

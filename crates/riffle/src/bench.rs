@@ -83,6 +83,11 @@ pub enum BenchCommand {
         /// Event-time rate of the generated stream (events per second of event time).
         #[arg(long, default_value_t = 100_000.0)]
         rate: f64,
+        /// Percentages of clicks written to a partition other than their ad's (as a producer
+        /// with another partitioner would), comma-separated; each gets its own input and runs:
+        /// those clicks go through the repartition topic, which is the cost measured.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        mispartitioned: Vec<u32>,
         /// Directory to work in (default: temporary, under the current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -132,6 +137,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             checkpoint_ms,
             emit_ms,
             rate,
+            mispartitioned,
             dir,
         } => {
             crate::bench_ads::bench_ads(crate::bench_ads::AdsBenchArgs {
@@ -141,6 +147,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 checkpoint_ms,
                 emit_ms,
                 rate,
+                mispartitioned,
                 dir,
             })
             .await

@@ -9,6 +9,13 @@
 //! "no filter" plus the configured filters only, once adding the sliding
 //! top-N windows. Reported: wall-clock throughput, process CPU seconds
 //! (getrusage) and events per CPU-second, the honest per-core figure.
+//!
+//! `--mispartitioned 0,100` repeats both modes over inputs where that
+//! percentage of the clicks sits on a partition other than its ad's (as a
+//! producer with another partitioner writes them): those go through the
+//! repartition topic to the task owning the ad, and a run ends when every
+//! forwarded click is processed too. The difference is the cost of the
+//! forward path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +28,9 @@ use riffle_log::{
     partition_for_key, Admin, EmbeddedLog, EventBus, LogOptions, Producer, RecordBatch, TopicConfig,
 };
 use riffle_sim::ads::{AdsConfig as SimConfig, AdsGenerator};
-use riffle_stream::{run_task, CheckpointStore, FsCheckpointStore, TaskConfig, TaskStatus};
+use riffle_stream::{
+    run_task, CheckpointStore, FsCheckpointStore, RepartitionConfig, TaskConfig, TaskStatus,
+};
 use tokio::sync::watch;
 
 pub struct AdsBenchArgs {
@@ -31,7 +40,18 @@ pub struct AdsBenchArgs {
     pub checkpoint_ms: u64,
     pub emit_ms: u64,
     pub rate: f64,
+    /// Percentages of clicks written to a partition other than their ad's.
+    pub mispartitioned: Vec<u32>,
     pub dir: Option<std::path::PathBuf>,
+}
+
+/// The input topic holding `pct` % mis-partitioned clicks.
+fn input_topic(pct: u32) -> String {
+    if pct == 0 {
+        "ad_clicks".into()
+    } else {
+        format!("ad_clicks.mis{pct}")
+    }
 }
 
 fn cpu_seconds() -> f64 {
@@ -46,7 +66,9 @@ async fn prefill(
     log: &EmbeddedLog,
     args: &AdsBenchArgs,
     template: &TopicConfig,
+    mispartitioned: u32,
 ) -> anyhow::Result<()> {
+    let topic = input_topic(mispartitioned);
     // Generated event times are in the past: keep the data whatever its
     // age, or time retention would delete it under the running tasks.
     let config = TopicConfig {
@@ -54,7 +76,7 @@ async fn prefill(
         retention_ms: -1,
         ..template.clone()
     };
-    log.create_topic("ad_clicks", config).await?;
+    log.create_topic(&topic, config).await?;
     let mut generator = AdsGenerator::new(SimConfig {
         ads: args.ads,
         rate: args.rate,
@@ -71,26 +93,34 @@ async fn prefill(
     let mut batches: Vec<RecordBatch> = (0..args.partitions).map(|_| RecordBatch::new()).collect();
     let mut json = Vec::with_capacity(256);
     let started = Instant::now();
+    let mut n = 0u64;
     while let Some(click) = generator.next_event() {
+        n += 1;
         json.clear();
         generator.write_json(&click, &mut json);
         let event = parse_event(&json, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
         let key = event.partition_key().as_bytes();
-        let partition = partition_for_key(key, args.partitions);
+        let mut partition = partition_for_key(key, args.partitions);
+        // Spread evenly: the first `mispartitioned` of every 100 clicks go
+        // to another partition, cycling through the others.
+        if args.partitions > 1 && (n % 100) < u64::from(mispartitioned) {
+            let shift = 1 + (n / 100) % u64::from(args.partitions - 1);
+            partition = ((u64::from(partition) + shift) % u64::from(args.partitions)) as u32;
+        }
         let batch = &mut batches[partition as usize];
         batch.push_encoded(Some(key), event.event_time, |out| event.encode(out));
         if batch.len() >= 10_000 {
             let full = std::mem::take(batch);
-            log.append("ad_clicks", partition, full).await?;
+            log.append(&topic, partition, full).await?;
         }
     }
     for (partition, batch) in batches.into_iter().enumerate() {
         if !batch.is_empty() {
-            log.append("ad_clicks", partition as u32, batch).await?;
+            log.append(&topic, partition as u32, batch).await?;
         }
     }
     println!(
-        "prefill: {} events over {} partitions, {} ads (Zipf 1.1), in {:.1} s",
+        "prefill {topic}: {} events ({mispartitioned} % not on their ad's partition) over {} partitions, {} ads (Zipf 1.1), in {:.1} s",
         args.events,
         args.partitions,
         args.ads,
@@ -106,7 +136,10 @@ async fn run_mode(
     template: &TopicConfig,
     name: &str,
     with_top: bool,
+    mispartitioned: u32,
 ) -> anyhow::Result<()> {
+    let input = input_topic(mispartitioned);
+    let name = format!("{name}-mis{mispartitioned}");
     let mut config = Config::defaults().ads;
     config.pipeline = format!("bench-{name}");
     config.checkpoint_interval_ms = args.checkpoint_ms;
@@ -117,7 +150,8 @@ async fn run_mode(
     let spec = Arc::new(AdsSpec::from_config(&config).map_err(|e| anyhow::anyhow!(e))?);
     let aggregates = format!("{}.aggregates", config.pipeline);
     let late = config.late_topic();
-    for topic in [&aggregates, &late] {
+    let repartition = config.repartition_topic();
+    for topic in [&aggregates, &late, &repartition] {
         log.create_topic(
             topic,
             TopicConfig {
@@ -129,8 +163,9 @@ async fn run_mode(
     }
     let bus: Arc<dyn EventBus> = Arc::new(log.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (_stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let ends = log.end_offsets();
+    let mut input_ends = Vec::new();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -138,20 +173,27 @@ async fn run_mode(
     for partition in 0..args.partitions {
         let end = ends
             .iter()
-            .find(|(tp, _, _)| tp.topic == "ad_clicks" && tp.partition == partition)
+            .find(|(tp, _, _)| tp.topic == input && tp.partition == partition)
             .map(|(_, _, end)| *end)
             .unwrap_or(0);
+        input_ends.push(end);
         let status = Arc::new(TaskStatus::new(partition));
         statuses.push(status.clone());
         let task = TaskConfig {
             pipeline: config.pipeline.clone(),
-            input_topic: "ad_clicks".into(),
+            input_topic: input.clone(),
             partition,
             sinks: vec![aggregates.clone(), late.clone()],
+            repartition: Some(RepartitionConfig {
+                topic: repartition.clone(),
+                partitions: args.partitions,
+            }),
             emit_interval: Duration::from_millis(config.emit_interval_ms),
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
             max_poll_bytes: 1 << 20,
-            stop_at: Some(end),
+            // Unbounded: forwarded clicks arrive after a task's own input
+            // ends; the run stops when everything is processed (below).
+            stop_at: None,
         };
         let operator = AdClickOperator::new(spec.clone(), partition)?;
         handles.push(tokio::spawn(run_task(
@@ -164,10 +206,30 @@ async fn run_mode(
             stop_rx.clone(),
         )));
     }
+    // Done: every task processed its input to the end, and every forwarded
+    // click that was committed has been processed by its owner.
+    loop {
+        let snapshots: Vec<_> = statuses.iter().map(|s| s.snapshot()).collect();
+        if let Some(failed) = snapshots.iter().find(|s| s.state == "failed") {
+            anyhow::bail!("task {} failed: {:?}", failed.partition, failed.error);
+        }
+        let inputs_done = snapshots
+            .iter()
+            .zip(&input_ends)
+            .all(|(s, end)| s.committed_offset >= *end);
+        let out: u64 = snapshots.iter().map(|s| s.forwarded_out).sum();
+        let fed: u64 = snapshots.iter().map(|s| s.forwarded_in).sum();
+        if inputs_done && fed >= out {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop_tx.send(true)?;
     for handle in handles {
         handle.await??;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let forwarded: u64 = statuses.iter().map(|s| s.snapshot().forwarded_out).sum();
     let cpu = cpu_seconds() - cpu_before;
     let (mut records_out, mut checkpoints_taken, mut checkpoint_bytes) = (0u64, 0u64, 0u64);
     for status in &statuses {
@@ -188,7 +250,7 @@ async fn run_mode(
         "none".into()
     };
     println!(
-        "{name}: {} events in {seconds:.2} s = {:.0} events/s wall; CPU {cpu:.2} s = {:.0} events per CPU-second; filters {} + no-filter, top-N windows: {windows} (top_n {}); {records_out} output records; {checkpoints_taken} checkpoints, last ones {checkpoint_bytes} bytes in total",
+        "{name}: {} events in {seconds:.2} s = {:.0} events/s wall; CPU {cpu:.2} s = {:.0} events per CPU-second; {forwarded} forwarded; filters {} + no-filter, top-N windows: {windows} (top_n {}); {records_out} output records; {checkpoints_taken} checkpoints, last ones {checkpoint_bytes} bytes in total",
         args.events,
         args.events as f64 / seconds,
         args.events as f64 / cpu.max(1e-9),
@@ -203,11 +265,25 @@ pub async fn bench_ads(args: AdsBenchArgs) -> anyhow::Result<()> {
     let options = LogOptions::from_config(&Config::defaults().log);
     let template = options.default_topic.clone();
     let log = EmbeddedLog::open(dir.join("log"), options)?;
-    prefill(&log, &args, &template).await?;
+    for &pct in &args.mispartitioned {
+        anyhow::ensure!(pct <= 100, "--mispartitioned: {pct} is not a percentage");
+        prefill(&log, &args, &template, pct).await?;
+    }
     let checkpoints: Arc<dyn CheckpointStore> =
         Arc::new(FsCheckpointStore::new(dir.join("checkpoints")));
-    run_mode(&log, &checkpoints, &args, &template, "counts", false).await?;
-    run_mode(&log, &checkpoints, &args, &template, "counts_top", true).await?;
+    for &pct in &args.mispartitioned {
+        run_mode(&log, &checkpoints, &args, &template, "counts", false, pct).await?;
+        run_mode(
+            &log,
+            &checkpoints,
+            &args,
+            &template,
+            "counts_top",
+            true,
+            pct,
+        )
+        .await?;
+    }
     log.close()?;
     Ok(())
 }
