@@ -261,6 +261,32 @@ struct ServeArgs {
     /// Extra TOML config files, applied after ./riffle.toml and before RIFFLE__* variables.
     #[arg(long, value_name = "FILE")]
     config: Vec<PathBuf>,
+    /// Exit at once (as if killed) when standard input reaches end of file. A supervisor or
+    /// test harness that keeps the other end of a pipe open takes this process with it when it
+    /// dies, however it dies. Acknowledged data is durable either way.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+/// Ends the process when standard input closes (`--exit-on-stdin-eof`).
+fn exit_on_stdin_eof() {
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(|| {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match std::io::Read::read(&mut stdin, &mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            eprintln!("standard input closed (--exit-on-stdin-eof): exiting");
+            std::process::exit(1);
+        });
+    if let Err(error) = spawned {
+        eprintln!("warning: cannot watch standard input: {error}");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -356,6 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = load_config(&args)?;
             init_tracing(config.telemetry.log_format, &config.telemetry.log_level);
+            if args.exit_on_stdin_eof {
+                exit_on_stdin_eof();
+            }
             riffle_server::serve(config, shutdown_signal(), |_| {}).await
         }
         Command::Datasets { command, client } => {

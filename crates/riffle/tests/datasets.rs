@@ -340,7 +340,7 @@ impl Process {
     ) -> Result<Process, String> {
         let log = dir.scratch("serve.log");
         let mut cmd = riffle(dir);
-        cmd.args(["serve", "--data-dir"])
+        cmd.args(["serve", "--exit-on-stdin-eof", "--data-dir"])
             .arg(dir.data_dir())
             .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])
             .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.grpc)])
@@ -357,7 +357,7 @@ impl Process {
         }
         let child = cmd
             .env("RIFFLE_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -94,7 +94,7 @@ fn free_port() -> u16 {
 fn serve(dir: &TestDir, config: &Path, http: u16, grpc: u16) -> std::process::Child {
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     Command::new(BIN)
-        .args(["serve", "--config"])
+        .args(["serve", "--exit-on-stdin-eof", "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(dir.data_dir())
@@ -110,6 +110,7 @@ fn serve(dir: &TestDir, config: &Path, http: u16, grpc: u16) -> std::process::Ch
         ])
         .env_remove("RIFFLE_LOG")
         .current_dir(dir.path())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -40,6 +40,9 @@ impl TestDir {
         TestDir {
             tmp: tempfile::Builder::new()
                 .prefix("riffle-e2e-")
+                // RIFFLE_TEST_KEEP=1 keeps the directories (logs, data) of
+                // every test for a look after a failure.
+                .disable_cleanup(std::env::var_os("RIFFLE_TEST_KEEP").is_some())
                 .tempdir()
                 .expect("create temp dir"),
             counter: AtomicU64::new(0),
@@ -176,7 +179,9 @@ impl Server {
             let log_path = dir.scratch("server.log");
             let log = File::create(&log_path).expect("create server log");
             let child = riffle_command(dir)
-                .args(["serve", "--data-dir"])
+                // The child exits when this test process dies, however it
+                // dies: it watches the stdin pipe the Child holds open.
+                .args(["serve", "--exit-on-stdin-eof", "--data-dir"])
                 .arg(dir.data_dir())
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
@@ -191,7 +196,7 @@ impl Server {
                 .args(args)
                 .env("RIFFLE_LOG", "info")
                 .envs(env.iter().copied())
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
