@@ -117,10 +117,11 @@ checkpoint_interval_ms = 700
     }
 
     /// Waits until every input record's output is committed (group `ads`
-    /// has committed `total` records) and `serve`'s writer has applied the
+    /// has committed `total` records), every click forwarded through
+    /// `ads.repartition` is processed, and `serve`'s writer has applied the
     /// whole aggregates topic. tansu's memory storage reports wrong high
-    /// watermarks, so the aggregates topic's end is found by reading it to
-    /// the end (no record for a second) once no more output can come.
+    /// watermarks, so a topic's end is found by reading it to the end (no
+    /// record for a second) once nothing more can be written to it.
     async fn wait_caught_up(&self, serve: &Server, total: u64) {
         let until = Instant::now() + CATCH_UP_DEADLINE;
         loop {
@@ -135,6 +136,33 @@ checkpoint_interval_ms = 700
             assert!(
                 Instant::now() < until,
                 "input not committed within {CATCH_UP_DEADLINE:?}: {committed:?} of {total}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every forward was written with (or before) its input offset; the
+        // round records the tasks write after them do not need processing.
+        let mut forwarded: BTreeMap<u32, u64> = BTreeMap::new();
+        self.read_to_quiet("ads.repartition", |partition, record| {
+            if !record.headers().any(|(name, _)| name == "riffle-round") {
+                forwarded.insert(partition, record.offset + 1);
+            }
+        })
+        .await;
+        loop {
+            let committed = self
+                .bus
+                .committed_offsets("ads", "ads.repartition")
+                .await
+                .expect("committed offsets");
+            let done = forwarded
+                .iter()
+                .all(|(p, end)| committed.get(p).is_some_and(|c| c >= end));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "forwarded clicks not processed within {CATCH_UP_DEADLINE:?}: committed {committed:?}, forwarded up to {forwarded:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -163,6 +191,32 @@ checkpoint_interval_ms = 700
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The Python with confluent-kafka that scripts/kafka-tools.sh installed.
+fn python() -> String {
+    std::env::var("RIFFLE_PYTHON").unwrap_or_else(|_| {
+        panic!("RIFFLE_PYTHON is not set: run the tests through scripts/test.sh")
+    })
+}
+
+/// Stops `serve` cleanly and compares its aggregate store, every count
+/// row and top row, with the brute-force oracle of `traffic`.
+fn assert_store_matches_oracle(
+    serve: &mut Server,
+    dir: &TestDir,
+    traffic: &Traffic,
+    setup: &AdsSetup,
+) {
+    let status = serve.signal_and_wait(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "the serve process exits cleanly: {status}"
+    );
+    let store = read_store(&dir.data_dir(), traffic, setup);
+    let expected = expected(traffic, setup);
+    assert_same("count rows", &store.rows, &expected.rows);
+    assert_same("top rows", &store.tops, &expected.tops);
 }
 
 /// The input partitions a process's tasks own right now.
@@ -274,13 +328,197 @@ async fn three_processes_survive_sigkill_and_a_join_with_exact_results() {
         .collect();
     assert_eq!(late, expected_late, "too-late clicks in ads.late");
 
-    let status = a.signal_and_wait(libc::SIGTERM);
-    assert!(status.success(), "A exits cleanly: {status}");
-    let store = read_store(&dir_a.data_dir(), &traffic, &setup);
-    let expected = expected(&traffic, &setup);
-    assert_same("count rows", &store.rows, &expected.rows);
-    assert_same("top rows", &store.tops, &expected.tops);
+    assert_store_matches_oracle(&mut a, &dir_a, &traffic, &setup);
     drop((c, d));
+}
+
+/// Which way one event reaches `ad_clicks` in the mixed-producer test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Path {
+    /// `POST /v1/events`: Riffle's ingest, keyed and partitioned by murmur2.
+    Http,
+    /// confluent-kafka with its default partitioner (CRC32 of the key).
+    PythonDefault,
+    /// confluent-kafka, no key.
+    PythonNoKey,
+    /// confluent-kafka with murmur2_random (Kafka's Java default).
+    PythonMurmur2,
+}
+
+const PATHS: [Path; 4] = [
+    Path::Http,
+    Path::PythonDefault,
+    Path::PythonNoKey,
+    Path::PythonMurmur2,
+];
+
+/// Sends one phase of the mixed-producer test: each path's events through
+/// HTTP ingest or the Python producer with that path's partitioning.
+async fn send_phase(
+    phase: &[(Path, &String)],
+    a: &Server,
+    python: &str,
+    brokers: &str,
+    scratch: &std::path::Path,
+) {
+    let mut by_path: BTreeMap<Path, Vec<&String>> = BTreeMap::new();
+    for (path, line) in phase {
+        by_path.entry(*path).or_default().push(line);
+    }
+    for (path, lines) in by_path {
+        let partitioning = match path {
+            Path::Http => {
+                for chunk in lines.chunks(500) {
+                    let body: Vec<&str> = chunk.iter().map(|l| l.as_str()).collect();
+                    post_chunk(a, &body.join("\n"), chunk.len()).await;
+                }
+                continue;
+            }
+            Path::PythonDefault => "default",
+            Path::PythonNoKey => "nokey",
+            Path::PythonMurmur2 => "murmur2",
+        };
+        let file = scratch.with_extension(partitioning);
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&file, body).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_interop.py");
+        let mut command = std::process::Command::new(python);
+        command
+            .arg(script)
+            .args(["produce-events", brokers, partitioning])
+            .arg(&file);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .expect("run python");
+        assert!(
+            output.status.success(),
+            "python produce-events {partitioning} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let sent: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(sent["sent"], lines.len(), "{sent}");
+    }
+}
+
+/// The repartition test: clicks reach `ad_clicks` four ways — HTTP
+/// ingest, and Python confluent-kafka with its default partitioner, with no
+/// key and with murmur2 — and duplicates of a click take another way than
+/// the click. Two processes run the pipeline, one is killed with SIGKILL,
+/// two more join (three then). Every click of an ad, and every copy of a
+/// click, must meet in one task: final counts and top-N rows equal the
+/// brute-force oracle exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mis_partitioned_producers_count_exactly_through_a_kill_and_joins() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let python = python();
+    // Three minutes of event time (well inside the allowed lateness): every
+    // click counts however late a forward arrives, so the oracle does not
+    // depend on the order the tasks see them in.
+    let traffic = on_time_traffic(71, 20.0, 3 * 60_000, historical_start(), 1);
+    let c = traffic.truth.summary.by_category;
+    assert!(
+        c.duplicate * 100 >= c.total() * 5,
+        "duplicates below 5%: {c:?}"
+    );
+
+    // A path per event; a repeated event_id takes a different path than
+    // the copy before it.
+    let mut last_path: BTreeMap<String, usize> = BTreeMap::new();
+    let mut crossed = 0;
+    let routed: Vec<(Path, &String)> = traffic
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            let id = event["event_id"].as_str().unwrap().to_string();
+            let path = match last_path.get(&id) {
+                Some(previous) => {
+                    crossed += 1;
+                    (previous + 1 + i % 3) % PATHS.len()
+                }
+                None => (i * 7 + i / 5) % PATHS.len(),
+            };
+            last_path.insert(id, path);
+            (PATHS[path], line)
+        })
+        .collect();
+    assert_eq!(crossed as u64, c.duplicate, "every duplicate crossed paths");
+
+    let (dir_a, dir_b, dir_c, dir_d) = (
+        TestDir::new(),
+        TestDir::new(),
+        TestDir::new(),
+        TestDir::new(),
+    );
+    let scratch = dir_a.scratch("events");
+    let brokers = cluster.broker.brokers.clone();
+    // Two processes: A ingests, processes and serves; B processes.
+    let mut a = cluster.riffle(&dir_a, "ingest,process,serve").await;
+    let mut b = cluster.riffle(&dir_b, "process").await;
+    wait_settled(&[&a, &b]).await;
+    let setup = ads_setup(&a).await;
+    let third = routed.len() / 3;
+    send_phase(&routed[..third], &a, &python, &brokers, &scratch).await;
+    // B dies with whatever it had not checkpointed, forwards included.
+    assert!(
+        !owned(&b).await.is_empty(),
+        "B owns partitions before the kill"
+    );
+    b.signal_and_wait(libc::SIGKILL);
+    send_phase(&routed[third..2 * third], &a, &python, &brokers, &scratch).await;
+    // Two join: three processes share the partitions.
+    let c3 = cluster.riffle(&dir_c, "process").await;
+    let d = cluster.riffle(&dir_d, "process").await;
+    send_phase(&routed[2 * third..], &a, &python, &brokers, &scratch).await;
+    wait_settled(&[&a, &c3, &d]).await;
+    cluster.wait_caught_up(&a, routed.len() as u64).await;
+
+    // The forward path was taken, and is reported per task and in metrics.
+    let (status, body) = a.get_json("/v1/pipelines").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for partition in body["pipelines"][0]["partitions"].as_array().unwrap() {
+        assert!(partition["forwarded_out"].is_u64(), "{partition}");
+        assert!(partition["forwarded_in"].is_u64(), "{partition}");
+        assert!(partition["repartition_offset"].is_u64(), "{partition}");
+    }
+    let (status, metrics) = a.get_json("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let forwarded_by_a: f64 = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("riffle_stream_records_forwarded_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(forwarded_by_a > 0.0, "A forwarded no click");
+    // Nothing was too late or unreadable.
+    let mut late = Vec::new();
+    cluster
+        .read_to_quiet("ads.late", |_, record| {
+            late.push(String::from_utf8_lossy(record.value).into_owned());
+        })
+        .await;
+    assert!(late.is_empty(), "late or rejected records: {late:?}");
+    let mut forwarded_records = 0;
+    cluster
+        .read_to_quiet("ads.repartition", |_, record| {
+            if record.headers().any(|(name, _)| name == "riffle-origin") {
+                forwarded_records += 1;
+            }
+        })
+        .await;
+    assert!(
+        forwarded_records > routed.len() / 4,
+        "{forwarded_records} of {} clicks forwarded",
+        routed.len()
+    );
+
+    assert_store_matches_oracle(&mut a, &dir_a, &traffic, &setup);
+    drop((c3, d));
 }
 
 /// Separate ingest-only, process-only and serve-only processes on the same
@@ -374,9 +612,7 @@ async fn python_confluent_kafka_produces_clicks_and_reads_aggregates() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let python = std::env::var("RIFFLE_PYTHON").unwrap_or_else(|_| {
-        panic!("RIFFLE_PYTHON is not set: run the tests through scripts/test.sh")
-    });
+    let python = python();
     let dir = TestDir::new();
     let riffle = cluster.riffle(&dir, "ingest,process,serve").await;
     let minute = minute_of(now_ms()) - 10 * MINUTE;

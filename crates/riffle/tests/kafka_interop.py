@@ -7,6 +7,12 @@ and reads Riffle's aggregates topic, as a service of another stack would.
       retry with the same event_id). Keys are the ad_id and the partitioner
       is murmur2 (Kafka's Java default), so each ad lands where Riffle's own
       ingest puts it. Prints {"sent": n}.
+  kafka_interop.py produce-events BROKERS PARTITIONING FILE
+      Produces every line of FILE (one JSON event each) to ad_clicks as it
+      is, with PARTITIONING: "default" (key = ad_id and librdkafka's default
+      partitioner, consistent_random: CRC32, not Kafka's murmur2), "murmur2"
+      (key = ad_id, murmur2_random) or "nokey" (no key; librdkafka spreads
+      the records). Prints {"sent": n}.
   kafka_interop.py aggregates BROKERS MINUTE_MS
       Reads every ad_click_aggregates record; the last "count" record of each
       (minute, ad, filter 0) is the current count (records are absolute).
@@ -44,6 +50,32 @@ def produce(brokers, minute, n):
     print(json.dumps({"sent": sent}))
 
 
+def produce_events(brokers, partitioning, path):
+    config = {"bootstrap.servers": brokers, "enable.idempotence": True}
+    if partitioning == "murmur2":
+        config["partitioner"] = "murmur2_random"
+    elif partitioning not in ("default", "nokey"):
+        sys.exit("unknown partitioning %s" % partitioning)
+    producer = Producer(config)
+    sent = 0
+    with open(path) as lines:
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            key = None if partitioning == "nokey" else json.loads(line)["ad_id"]
+            while True:
+                try:
+                    producer.produce("ad_clicks", key=key, value=line)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            sent += 1
+    if producer.flush(60) != 0:
+        sys.exit("not every record was acknowledged")
+    print(json.dumps({"sent": sent}))
+
+
 def aggregates(brokers, minute):
     consumer = Consumer({
         "bootstrap.servers": brokers,
@@ -71,7 +103,11 @@ def aggregates(brokers, minute):
 
 
 if __name__ == "__main__":
-    mode, brokers, minute = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode, brokers = sys.argv[1], sys.argv[2]
+    if mode == "produce-events":
+        produce_events(brokers, sys.argv[3], sys.argv[4])
+        sys.exit(0)
+    minute = int(sys.argv[3])
     if mode == "produce":
         produce(brokers, minute, int(sys.argv[4]))
     elif mode == "aggregates":

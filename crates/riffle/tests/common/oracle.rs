@@ -52,6 +52,8 @@ pub struct Traffic {
     pub clicks: Vec<Click>,
     pub chunks: Vec<String>,
     pub chunk_len: Vec<usize>,
+    /// Every event as one JSON line, in generation order.
+    pub lines: Vec<String>,
     pub truth: GroundTruth,
     /// `[first_minute, end_minute)` holds every counted click.
     pub first_minute: i64,
@@ -70,7 +72,31 @@ pub fn historical_start() -> i64 {
 /// event; a 3-minute late-beyond margin tolerates 2 minutes of that, and the
 /// 30 s warm-up lets every partition see events before the first fault.
 pub fn traffic(seed: u64, rate: f64, duration_ms: u64, start_ms: i64, chunks: usize) -> Traffic {
+    traffic_of(sim_config(seed, rate, duration_ms, start_ms), chunks)
+}
+
+/// Traffic with duplicates and a little disorder but no late clicks, over
+/// less event time than the allowed lateness: every click counts, whatever
+/// order a pipeline sees them in (e.g. forwarded from another partition
+/// after a delay).
+pub fn on_time_traffic(
+    seed: u64,
+    rate: f64,
+    duration_ms: u64,
+    start_ms: i64,
+    chunks: usize,
+) -> Traffic {
+    assert!(duration_ms as i64 + 2 * MINUTE <= ALLOWED_LATENESS);
     let config = SimConfig {
+        late_within_fraction: 0.0,
+        late_beyond_fraction: 0.0,
+        ..sim_config(seed, rate, duration_ms, start_ms)
+    };
+    traffic_of(config, chunks)
+}
+
+fn sim_config(seed: u64, rate: f64, duration_ms: u64, start_ms: i64) -> SimConfig {
+    SimConfig {
         seed,
         ads: 300,
         users: 5_000,
@@ -87,7 +113,11 @@ pub fn traffic(seed: u64, rate: f64, duration_ms: u64, start_ms: i64, chunks: us
         late_beyond_margin_ms: 3 * MINUTE,
         warmup_ms: 30_000,
         ..SimConfig::default()
-    };
+    }
+}
+
+/// Renders the generator's events (see [`traffic`]).
+pub fn traffic_of(config: SimConfig, chunks: usize) -> Traffic {
     let mut generator = AdsGenerator::new(config).expect("valid generator config");
     let mut lines = Vec::new();
     let mut clicks = Vec::new();
@@ -106,12 +136,14 @@ pub fn traffic(seed: u64, rate: f64, duration_ms: u64, start_ms: i64, chunks: us
     let per_chunk = lines.len().div_ceil(chunks);
     let chunk_len = lines.chunks(per_chunk).map(<[String]>::len).collect();
     let chunks = lines.chunks(per_chunk).map(|c| c.join("\n")).collect();
+    let lines_kept = lines.clone();
     let counted_minutes = || clicks.iter().filter(|c| c.counted()).map(|c| c.minute);
     let first_minute = counted_minutes().min().expect("some clicks");
     let end_minute = counted_minutes().max().expect("some clicks") + MINUTE;
     Traffic {
         chunks,
         chunk_len,
+        lines: lines_kept,
         truth,
         first_minute,
         end_minute,
@@ -303,6 +335,15 @@ pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
 /// `[first_minute, end_minute)`. Only while the server is stopped.
 pub fn read_store(data_dir: &Path, traffic: &Traffic, setup: &AdsSetup) -> StoreContents {
     let store = RedbAggregateStore::open(store_path(data_dir)).expect("open the aggregate store");
+    read_store_of(&store, traffic, setup)
+}
+
+/// [`read_store`] of an open store.
+pub fn read_store_of(
+    store: &RedbAggregateStore,
+    traffic: &Traffic,
+    setup: &AdsSetup,
+) -> StoreContents {
     let (from, to) = (
         traffic.first_minute - 60 * MINUTE,
         traffic.end_minute + 60 * MINUTE,
