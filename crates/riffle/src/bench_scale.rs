@@ -9,7 +9,14 @@
 //! them). Throughput is the steady-state rate: the records committed
 //! between 10 % and 90 % of the input over the time between those points
 //! (start-up, group joins and restores are outside the window).
-//! Progress is read from the committed offsets of the pipeline's group.
+//! Progress is read from the committed offsets of the pipeline's group;
+//! the members' CPU time over the same window (from /proc) gives events
+//! per CPU-second.
+//!
+//! `--mispartitioned 0,100` repeats the Kafka runs with that percentage of
+//! the clicks on a partition other than their ad's (what a producer with
+//! librdkafka's default partitioner writes): they are forwarded through the
+//! repartition topic, and the per-CPU-second rates show what that costs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +47,10 @@ pub struct ScaleOutArgs {
     /// Process counts to measure on Kafka, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub processes: Vec<usize>,
+    /// Percentages of clicks on a partition other than their ad's, comma-separated; the Kafka
+    /// runs repeat for each.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub mispartitioned: Vec<u32>,
     /// librdkafka properties for every client, KEY=VALUE (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
@@ -68,7 +79,34 @@ impl Drop for Member {
     }
 }
 
-fn generate(args: &ScaleOutArgs) -> anyhow::Result<Vec<(u32, RecordBatch)>> {
+/// CPU seconds (user + system) process `pid` has used, from /proc (0 once
+/// it is gone).
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) is in parentheses and may hold spaces;
+    // after it, field 3 (state) is index 0, utime (14) index 11, stime 12.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+fn members_cpu(members: &[Member]) -> f64 {
+    members.iter().map(|m| cpu_seconds_of(m.0.id())).sum()
+}
+
+fn generate(args: &ScaleOutArgs, mispartitioned: u32) -> anyhow::Result<Vec<(u32, RecordBatch)>> {
     let mut generator = AdsGenerator::new(SimConfig {
         ads: args.ads,
         rate: 50_000.0,
@@ -85,12 +123,20 @@ fn generate(args: &ScaleOutArgs) -> anyhow::Result<Vec<(u32, RecordBatch)>> {
     let mut batches = Vec::new();
     let mut open: Vec<RecordBatch> = (0..args.partitions).map(|_| RecordBatch::new()).collect();
     let mut json = Vec::with_capacity(256);
+    let mut n = 0u64;
     while let Some(click) = generator.next_event() {
+        n += 1;
         json.clear();
         generator.write_json(&click, &mut json);
         let event = parse_event(&json, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
         let key = event.partition_key().as_bytes();
-        let partition = partition_for_key(key, args.partitions);
+        let mut partition = partition_for_key(key, args.partitions);
+        // The first `mispartitioned` of every 100 clicks go elsewhere,
+        // cycling through the other partitions.
+        if args.partitions > 1 && (n % 100) < u64::from(mispartitioned) {
+            let shift = 1 + (n / 100) % u64::from(args.partitions - 1);
+            partition = ((u64::from(partition) + shift) % u64::from(args.partitions)) as u32;
+        }
         let batch = &mut open[partition as usize];
         batch.push_encoded(Some(key), event.event_time, |out| event.encode(out));
         if batch.len() >= 2_000 {
@@ -168,7 +214,13 @@ impl Run {
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
         command
-            .args(["serve", "--roles", "process", "--data-dir"])
+            .args([
+                "serve",
+                "--exit-on-stdin-eof",
+                "--roles",
+                "process",
+                "--data-dir",
+            ])
             .arg(&data)
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{http}"))
@@ -186,7 +238,8 @@ impl Run {
             // the measured window must span many of them.
             .env("RIFFLE__ADS__EMIT_INTERVAL_MS", "50")
             .env("RIFFLE_LOG", "warn")
-            .stdin(Stdio::null())
+            // Exits with the benchmark, however it ends.
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log);
         if !kafka {
@@ -244,18 +297,23 @@ impl Progress<'_> {
 async fn measure(
     progress: &Progress<'_>,
     run: &Run,
+    members: &[Member],
     deadline: Duration,
-) -> anyhow::Result<(u64, f64)> {
+) -> anyhow::Result<Measured> {
     let until = Instant::now() + deadline;
     let (low, high) = (run.total / 10, run.total * 9 / 10);
-    let mut start: Option<(Instant, u64)> = None;
+    let mut start: Option<(Instant, u64, f64)> = None;
     loop {
         let sum = progress.sum(run).await?;
         let now = Instant::now();
         match start {
-            None if sum >= low => start = Some((now, sum)),
-            Some((at, base)) if sum >= high => {
-                return Ok((sum - base, now.duration_since(at).as_secs_f64()));
+            None if sum >= low => start = Some((now, sum, members_cpu(members))),
+            Some((at, base, cpu)) if sum >= high => {
+                return Ok(Measured {
+                    records: sum - base,
+                    seconds: now.duration_since(at).as_secs_f64(),
+                    cpu: members_cpu(members) - cpu,
+                });
             }
             _ => {}
         }
@@ -266,6 +324,24 @@ async fn measure(
             run.total
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What [`measure`] saw in its window.
+struct Measured {
+    records: u64,
+    seconds: f64,
+    /// CPU seconds of every member.
+    cpu: f64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+
+    fn per_cpu(&self) -> f64 {
+        self.records as f64 / self.cpu.max(1e-9)
     }
 }
 
@@ -284,7 +360,7 @@ async fn rebalance(
         events: args.events * 8,
         ..args.clone()
     };
-    let batches = generate(&big)?;
+    let batches = generate(&big, 0)?;
     let run = Run::new("rebalance", big.events);
     fill(kafka, &run.input, &batches, args.partitions).await?;
     let mut members = Vec::new();
@@ -378,7 +454,7 @@ pub async fn bench_scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         ),
     )?;
     let started = Instant::now();
-    let batches = generate(&args)?;
+    let batches = generate(&args, 0)?;
     println!(
         "workload: {} ad_click events, {} ads (Zipf 1.1), {} partitions, generated in {:.1} s",
         args.events,
@@ -397,28 +473,45 @@ pub async fn bench_scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         log.close()?;
         let (member, http) = run.spawn(&work, 0, &config, false)?;
         let progress = Progress::Http(reqwest::Client::new(), http);
-        let (records, seconds) = measure(&progress, &run, deadline).await?;
-        drop(member);
+        let members = [member];
+        let m = measure(&progress, &run, &members, deadline).await?;
+        drop(members);
         println!(
-            "embedded log, 1 process: {records} records in {seconds:.2} s = {:.0} events/s",
-            records as f64 / seconds
+            "embedded log, 1 process: {} records in {:.2} s = {:.0} events/s; {:.0} events per CPU-second",
+            m.records,
+            m.seconds,
+            m.rate(),
+            m.per_cpu()
         );
     }
 
     let mut rates = Vec::new();
-    for &n in &args.processes {
-        let run = Run::new(&format!("kafka{n}"), args.events);
-        fill(kafka.as_ref(), &run.input, &batches, args.partitions).await?;
-        let members: Vec<Member> = (0..n)
-            .map(|i| run.spawn(&work, i, &config, true).map(|(m, _)| m))
-            .collect::<anyhow::Result<_>>()?;
-        let (records, seconds) = measure(&Progress::Kafka(kafka.as_ref()), &run, deadline).await?;
-        drop(members);
-        let rate = records as f64 / seconds;
-        rates.push((n, rate));
-        println!(
-            "kafka, {n} process(es): {records} records in {seconds:.2} s = {rate:.0} events/s"
-        );
+    for &pct in &args.mispartitioned {
+        anyhow::ensure!(pct <= 100, "--mispartitioned: {pct} is not a percentage");
+        let batches = if pct == 0 {
+            batches.clone()
+        } else {
+            generate(&args, pct)?
+        };
+        for &n in &args.processes {
+            let run = Run::new(&format!("kafka{n}-mis{pct}"), args.events);
+            fill(kafka.as_ref(), &run.input, &batches, args.partitions).await?;
+            let members: Vec<Member> = (0..n)
+                .map(|i| run.spawn(&work, i, &config, true).map(|(m, _)| m))
+                .collect::<anyhow::Result<_>>()?;
+            let m = measure(&Progress::Kafka(kafka.as_ref()), &run, &members, deadline).await?;
+            drop(members);
+            if pct == 0 {
+                rates.push((n, m.rate()));
+            }
+            println!(
+                "kafka, {n} process(es), {pct} % mis-partitioned: {} records in {:.2} s = {:.0} events/s; {:.0} events per CPU-second (riffle processes)",
+                m.records,
+                m.seconds,
+                m.rate(),
+                m.per_cpu()
+            );
+        }
     }
 
     if let (Some(one), Some(best)) = (
