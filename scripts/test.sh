@@ -31,3 +31,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
+# The Kafka end-to-end tests once more, a few times: a process abort
+# inside librdkafka showed up only now and then (scripts/kafka-loop.sh;
+# run it with 50 to check a change to the Kafka backend).
+echo "==> Kafka end-to-end tests, repeated"
+bash scripts/kafka-loop.sh 3
