@@ -37,6 +37,12 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Option<Cluster> {
+        Cluster::start_with(false).await
+    }
+
+    /// A cluster whose riffle processes commit in Kafka transactions
+    /// (`bus.kafka.transactions`) or not.
+    async fn start_with(transactions: bool) -> Option<Cluster> {
         let broker = TestBroker::start()?;
         let bus = KafkaBus::connect(broker.options())
             .await
@@ -53,6 +59,7 @@ kind = "kafka"
 [bus.kafka]
 brokers = "{brokers}"
 checkpoint_dir = "{checkpoints}"
+transactions = {transactions}
 
 [bus.kafka.properties]
 "session.timeout.ms" = "6000"
@@ -410,7 +417,18 @@ async fn send_phase(
 /// brute-force oracle exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mis_partitioned_producers_count_exactly_through_a_kill_and_joins() {
-    let Some(cluster) = Cluster::start().await else {
+    mis_partitioned_producers(false).await;
+}
+
+/// The same with `bus.kafka.transactions = true`: forwards, round records,
+/// output and both offsets commit in one Kafka transaction per emit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mis_partitioned_producers_count_exactly_with_kafka_transactions() {
+    mis_partitioned_producers(true).await;
+}
+
+async fn mis_partitioned_producers(transactions: bool) {
+    let Some(cluster) = Cluster::start_with(transactions).await else {
         return;
     };
     let python = python();
