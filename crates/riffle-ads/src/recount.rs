@@ -30,6 +30,16 @@
 //! that offset, so a range that reaches into the not yet archived tail is
 //! complete too. A hole (records neither archived nor in the log) fails the
 //! recount instead of returning smaller counts.
+//!
+//! # Clicks on another partition than their ad's
+//!
+//! The live pipeline forwards such clicks (written by a producer with
+//! another partitioner) to the task owning the ad through the repartition
+//! topic ([`riffle_stream::runtime`]). A recount replays each input
+//! partition on its own and does not follow the repartition topic yet, so
+//! it cannot count them where the live pipeline did: it fails with
+//! [`RecountError::MisPartitioned`] instead of returning — or, for a
+//! recalculation, writing — counts that leave them out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,6 +94,12 @@ pub enum RecountError {
     /// The aggregate writer did not catch up in time (recalc waits for it).
     #[error("{0}")]
     Unavailable(String),
+    /// The replayed input holds clicks that are not on their ad's
+    /// partition (see the module docs).
+    #[error(
+        "cannot recount: partition {partition} of the input holds {clicks} clicks of ads other partitions own (written by a producer that does not partition by murmur2 of ad_id); the live pipeline counts them through the repartition topic, a recount does not follow it yet"
+    )]
+    MisPartitioned { partition: u32, clicks: u64 },
     #[cfg(feature = "parquet")]
     #[error("archive: {0}")]
     Archive(#[from] crate::archive::ArchiveError),
@@ -169,6 +185,7 @@ pub async fn recount_from(
     let seek_to = from.saturating_sub(warmup);
     let mut replay = Replay {
         topic: input_topic,
+        partitions: bus.partition_count(input_topic).await?,
         from,
         to,
         stop_at: to.saturating_add(lateness),
@@ -265,6 +282,8 @@ async fn plan_log(
 /// The state of one recount: what it collected so far and its progress.
 struct Replay<'a> {
     topic: &'a str,
+    /// The input's partition count: a click's ad decides its partition.
+    partitions: u32,
     from: i64,
     to: i64,
     /// A partition whose watermark reached this has produced everything
@@ -302,7 +321,8 @@ impl Replay<'_> {
         first: u64,
         next: u64,
     ) -> Result<bool, RecountError> {
-        let batch = SourceBatch::new(self.topic, run.partition, records, first, next);
+        let batch = SourceBatch::new(self.topic, run.partition, records, first, next)
+            .routed(self.partitions);
         let fed = batch.iter().count() as u64;
         run.op.process_batch(batch, &mut run.out)?;
         run.op.handle_tick(0, &mut run.out)?;
@@ -345,6 +365,12 @@ impl Replay<'_> {
     }
 
     fn close(&mut self, mut run: PartitionRun) -> Result<(), RecountError> {
+        if run.op.forwarded() > 0 {
+            return Err(RecountError::MisPartitioned {
+                partition: run.partition,
+                clicks: run.op.forwarded(),
+            });
+        }
         run.op.on_close(&mut run.out)?;
         collect(
             &mut run.out,

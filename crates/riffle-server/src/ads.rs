@@ -123,6 +123,7 @@ impl From<riffle_ads::recount::RecountError> for ApiError {
             RecountError::Stream(error) => error.code(),
             RecountError::Store(error) => error.code(),
             RecountError::Unavailable(_) => ErrorCode::Unavailable,
+            RecountError::MisPartitioned { .. } => ErrorCode::FailedPrecondition,
             RecountError::Archive(error) => error.code(),
         };
         ApiError::new(code, e.to_string())

@@ -141,6 +141,13 @@ impl<'a> SourceBatch<'a> {
         }
     }
 
+    /// The batch of a task whose input has `partitions` partitions, so
+    /// that [`SourceBatch::forward_to`] tells records of other partitions'
+    /// keys (the runtime sets it for tasks with a repartition topic).
+    pub fn routed(self, partitions: u32) -> Self {
+        SourceBatch { partitions, ..self }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = RecordView<'a>> + 'a {
         let (from, until, skip) = (self.from, self.until, self.skip);
         self.records
