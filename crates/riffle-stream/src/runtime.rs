@@ -970,6 +970,12 @@ where
         rp.pending.release(rp.position);
         rp.forwarded_in += fed;
         self.records_in += fed;
+        if fed > 0 {
+            // Forwarded clicks keep the task busy even when its own input
+            // partition is quiet: it must not count as idle.
+            let now = self.clock.now_ms();
+            self.status.update(|s| s.last_record_ms = Some(now));
+        }
         metrics::FORWARDED_IN
             .with_label_values(&[&self.labels[0], &self.labels[1]])
             .inc_by(fed);
