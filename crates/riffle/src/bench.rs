@@ -63,7 +63,8 @@ pub enum BenchCommand {
     /// Ad click aggregation throughput from the log: pre-fills ad_clicks with generated
     /// clicks (Zipf over --ads ads), then runs the pipeline tasks over it with checkpoints,
     /// once with per-minute counts (no filter + the 3 default filters), once adding the
-    /// sliding top-N windows.
+    /// sliding top-N windows; both again for every --mispartitioned percentage (clicks
+    /// forwarded to their ad's task through the repartition topic).
     Ads {
         /// Events to aggregate.
         #[arg(long, default_value_t = 10_000_000)]
