@@ -1,4 +1,4 @@
-//! The ads queries of DESIGN.md, with their parameter rules, shared by the
+//! The ads queries of docs/api.md, with their parameter rules, shared by the
 //! HTTP API and the CLI.
 //!
 //! * `aggregated_count(ad_id, from, to, filter)`: the sum of the per-minute

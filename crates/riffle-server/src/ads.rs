@@ -1,4 +1,4 @@
-//! `/v1/ads/...` and `/v1/pipelines`: the ad click queries (DESIGN.md) and
+//! `/v1/ads/...` and `/v1/pipelines`: the ad click queries (docs/api.md) and
 //! the pipeline status. Queries read the aggregate store (an MVCC snapshot
 //! read of a few rows, microseconds) directly on the async worker.
 

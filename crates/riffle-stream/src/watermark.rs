@@ -1,4 +1,4 @@
-//! Watermarks and lateness, as DESIGN.md ("Time") defines them.
+//! Watermarks and lateness, as ARCHITECTURE.md ("The ad click pipeline") and docs/api.md define them.
 //!
 //! A watermark `w` asserts that every event with `event_time < w` has
 //! arrived: a window `[start, end)` is complete once `w >= end`, and an event

@@ -34,7 +34,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-/// Distinct ads, as in the sizing of DESIGN.md (and `riffle bench ads`).
+/// Distinct ads, as in `riffle bench ads`.
 const ADS: u32 = 2_000_000;
 const ZIPF_EXPONENT: f64 = 1.1;
 /// Ingest requests in flight at most.

@@ -10,9 +10,9 @@ pub const MAX_ADS: u32 = 2_000_000;
 pub const WINDOW_MS: i64 = 60_000;
 /// 2024-05-01T12:00:00Z, the default first event time.
 pub const DEFAULT_START_MS: i64 = 1_714_564_800_000;
-/// Default bounded out-of-orderness of the watermark (DESIGN.md).
+/// Default bounded out-of-orderness of the watermark (`ads.out_of_orderness_ms`).
 pub const DEFAULT_OUT_OF_ORDERNESS_MS: i64 = 15_000;
-/// Default allowed lateness (DESIGN.md).
+/// Default allowed lateness (`ads.allowed_lateness_ms`).
 pub const DEFAULT_ALLOWED_LATENESS_MS: i64 = 300_000;
 /// Default extra distance of "late beyond" events behind the lateness limit:
 /// one window, so that they are too late for a per-window lateness rule too.

@@ -17,7 +17,7 @@
 //! # Categories
 //!
 //! Let `M` be the largest event time among the events emitted *before* this
-//! one, `W = M − out_of_orderness_ms` the watermark (as DESIGN.md defines it:
+//! one, `W = M − out_of_orderness_ms` the watermark (as ARCHITECTURE.md defines it:
 //! max event time seen − bounded out-of-orderness), `L` the allowed lateness,
 //! and a window the tumbling minute `[m, m + 60 s)` containing the time. Each
 //! event gets exactly one category:
