@@ -617,6 +617,20 @@ impl Admin for KafkaBus {
     }
 
     async fn delete_topic(&self, name: &str) -> Result<()> {
+        // The fetch handle stays assigned between fetches; unassign it from
+        // a topic about to disappear. Left assigned, it keeps fetching the
+        // deleted topic, and a broker answering that with a zero topic id
+        // and a "current leader" tag (tansu does) makes librdkafka 2.12
+        // look the topic up by a NULL name: a segfault, not an error. The
+        // lock is held until the topic is gone, so no fetch reassigns it.
+        let mut fetcher = self.inner.fetcher.clone().lock_owned().await;
+        if fetcher.consumer.is_some() && fetcher.at.as_ref().is_none_or(|(t, _, _)| t == name) {
+            fetcher = blocking(move || {
+                fetcher.release();
+                Ok(fetcher)
+            })
+            .await?;
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.inner.timeout()));
         let results = self
             .inner
@@ -634,6 +648,7 @@ impl Admin for KafkaBus {
             }
         }
         self.inner.partitions.lock().remove(name);
+        drop(fetcher);
         Ok(())
     }
 
