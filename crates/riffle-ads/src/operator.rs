@@ -55,18 +55,38 @@ use riffle_core::config::AdsConfig;
 use riffle_core::event::{Event, EventBody, ParseLimits};
 use riffle_stream::dedup::{DedupConfig, Deduplicator, Verdict};
 use riffle_stream::{
-    Collector, Lateness, LatenessPolicy, Operator, OperatorProgress, SinkRecord, SourceBatch,
-    StreamError, Window,
+    Collector, CounterSpec, Lateness, LatenessPolicy, Operator, OperatorProgress, Sink, SinkRecord,
+    SourceBatch, StreamError, Window, MAX_COUNTERS,
 };
 
 use crate::filter::FilterSet;
 use crate::records::{write_count, write_top};
 use crate::store::{rank_cmp, MINUTE_MS};
 
-/// Sink index of the aggregates topic in the task's [`riffle_stream::TaskConfig`].
-pub const AGGREGATES_SINK: usize = 0;
-/// Sink index of the late topic.
-pub const LATE_SINK: usize = 1;
+/// Counts and partial tops: the aggregates topic.
+pub const AGGREGATES_SINK: Sink = Sink::named("aggregates");
+/// Clicks beyond the allowed lateness and unusable records: the late topic.
+pub const LATE_SINK: Sink = Sink::named("late");
+
+/// The operator's counters, in the order [`OperatorProgress::counters`]
+/// holds them (the status fields and series the pipeline always had).
+const COUNTERS: &[CounterSpec] = &[
+    CounterSpec {
+        name: "late",
+        metric: "riffle_stream_late_total",
+        help: "Events beyond the allowed lateness, written to the late topic",
+    },
+    CounterSpec {
+        name: "duplicates",
+        metric: "riffle_stream_duplicates_dropped_total",
+        help: "Events dropped as duplicates of an event_id already counted",
+    },
+    CounterSpec {
+        name: "rejected",
+        metric: "riffle_stream_rejected_total",
+        help: "Input records a pipeline could not use (written to the late topic with the reason)",
+    },
+];
 
 const MAGIC: &[u8; 4] = b"RFAD";
 /// 2: window sums became u64.
@@ -812,13 +832,17 @@ impl Operator for AdClickOperator {
         Ok(())
     }
 
+    fn counters(&self) -> &'static [CounterSpec] {
+        COUNTERS
+    }
+
     fn progress(&self) -> OperatorProgress {
+        let mut counters = [0; MAX_COUNTERS];
+        counters[..3].copy_from_slice(&[self.late, self.duplicates, self.rejected]);
         OperatorProgress {
             watermark: self.watermark(),
             max_event_time: self.max_event_time,
-            late: self.late,
-            duplicates: self.duplicates,
-            rejected: self.rejected,
+            counters,
         }
     }
 

@@ -9,14 +9,10 @@
 //! the partial top-Ns), retention and the archive. Either may run alone.
 //!
 //! **Ownership.** The tasks follow the bus's ownership group
-//! `<pipeline>.owners` on the input topic ([`EventBus::join_ownership_group`]):
-//! on the embedded log this process owns every partition; on Kafka the
-//! consumer-group protocol splits them among the `process` members. An
-//! assigned partition starts a task (restore from its checkpoint, replay
-//! to the committed offset, continue); a revoked one is stopped — final
-//! emit and checkpoint — before the revocation is released, so the next
-//! owner restores exactly where this one stopped. Checkpoints are per
-//! partition, so only what moves is handed over.
+//! `<pipeline>.owners` on the input topic through the stream engine's
+//! [`Supervisor`]: on the embedded log this process owns every partition;
+//! on Kafka the consumer-group protocol splits them among the `process`
+//! members; a revoked partition's task checkpoints before it is released.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,9 +22,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use riffle_core::config::AdsConfig;
 use riffle_core::time::Clock;
-use riffle_log::{BusError, EventBus, Membership, OwnershipChange, TopicConfig};
+use riffle_log::{EventBus, TopicConfig};
 use riffle_stream::{
-    run_task, CheckpointStore, RepartitionConfig, TaskConfig, TaskSnapshot, TaskStatus,
+    ensure_topic, tasks_watermark, CheckpointStore, IdlePolicy, PartitionTasks, RepartitionConfig,
+    Supervisor, TaskConfig, TaskSet, TaskSnapshot,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -36,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::filter::FilterInfo;
 use crate::metrics;
-use crate::operator::{AdClickOperator, AdsSpec};
+use crate::operator::{AdClickOperator, AdsSpec, AGGREGATES_SINK, LATE_SINK};
 use crate::recount::{recount_from, RecountError, RecountSource};
 use crate::store::{AggregateStore, MINUTE_MS};
 use crate::writer::{run_writer, WriterConfig, WriterSnapshot, WriterStatus};
@@ -71,7 +68,7 @@ pub struct AdsPipeline {
     roles: PipelineRoles,
     partitions: u32,
     /// The tasks of the partitions this process owns now.
-    tasks: Arc<Mutex<BTreeMap<u32, Arc<TaskStatus>>>>,
+    tasks: TaskSet,
     writer: Arc<WriterStatus>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     recalcs: Mutex<BTreeMap<u64, Arc<Mutex<RecalcStatus>>>>,
@@ -162,33 +159,6 @@ pub struct PipelineReport {
     pub writer: WriterSnapshot,
 }
 
-/// Creates `name` with `partitions` partitions if missing; fails if it
-/// exists with fewer.
-async fn ensure_topic(
-    bus: &dyn EventBus,
-    name: &str,
-    partitions: u32,
-    template: &TopicConfig,
-) -> Result<u32, String> {
-    match bus.partition_count(name).await {
-        Ok(existing) if existing >= partitions => Ok(existing),
-        Ok(existing) => Err(format!(
-            "topic {name:?} has {existing} partitions, the pipeline needs at least {partitions}"
-        )),
-        Err(BusError::TopicNotFound(_)) => {
-            let config = TopicConfig {
-                partitions,
-                ..template.clone()
-            };
-            match bus.create_topic(name, config).await {
-                Ok(_) | Err(BusError::TopicExists(_)) => Ok(partitions),
-                Err(error) => Err(format!("creating topic {name:?}: {error}")),
-            }
-        }
-        Err(error) => Err(format!("topic {name:?}: {error}")),
-    }
-}
-
 impl AdsPipeline {
     /// Creates the topics it needs, then starts every task and the writer.
     /// `topic_template` gives retention and segment size of created topics
@@ -205,27 +175,21 @@ impl AdsPipeline {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<AdsPipeline>, String> {
         let spec = Arc::new(AdsSpec::from_config(config)?);
-        let partitions = ensure_topic(
-            bus.as_ref(),
-            &config.input_topic,
-            topic_template.partitions,
-            topic_template,
-        )
-        .await?;
-        ensure_topic(
-            bus.as_ref(),
-            &config.aggregates_topic,
-            partitions,
-            topic_template,
-        )
-        .await?;
-        let late_topic = config.late_topic();
-        ensure_topic(bus.as_ref(), &late_topic, partitions, topic_template).await?;
+        let ensure = |name: String, partitions: u32| {
+            let bus = bus.clone();
+            async move {
+                ensure_topic(bus.as_ref(), &name, partitions, topic_template)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let partitions = ensure(config.input_topic.clone(), topic_template.partitions).await?;
+        ensure(config.aggregates_topic.clone(), partitions).await?;
+        ensure(config.late_topic(), partitions).await?;
         // Forwarded clicks are routed modulo the input's partition count, so
         // the repartition topic must have exactly that many.
         let repartition_topic = config.repartition_topic();
-        let existing =
-            ensure_topic(bus.as_ref(), &repartition_topic, partitions, topic_template).await?;
+        let existing = ensure(repartition_topic.clone(), partitions).await?;
         if existing != partitions {
             return Err(format!(
                 "topic {repartition_topic:?} has {existing} partitions, the input {:?} has {partitions}; they must match (delete the repartition topic while the pipeline is stopped and it is recreated)",
@@ -234,7 +198,7 @@ impl AdsPipeline {
         }
 
         let writer = Arc::new(WriterStatus::default());
-        let tasks = Arc::new(Mutex::new(BTreeMap::new()));
+        let tasks = TaskSet::default();
         let pipeline = Arc::new(AdsPipeline {
             spec: spec.clone(),
             config: config.clone(),
@@ -253,21 +217,25 @@ impl AdsPipeline {
         });
         let mut handles = Vec::new();
         if roles.process {
-            let membership = bus
-                .join_ownership_group(&config.owners_group(), &config.input_topic)
-                .await
-                .map_err(|e| format!("joining ownership group {:?}: {e}", config.owners_group()))?;
-            let owner = Owner {
-                bus: bus.clone(),
-                checkpoints: checkpoints.clone(),
-                clock: clock.clone(),
+            let tasks_of = Arc::new(AdsTasks {
                 spec: spec.clone(),
                 config: config.clone(),
                 partitions,
-                tasks,
-                running: BTreeMap::new(),
-            };
-            handles.push(tokio::spawn(owner.run(membership, shutdown.clone())));
+            });
+            let supervisor =
+                Supervisor::new(tasks_of, bus.clone(), checkpoints, clock.clone(), tasks);
+            handles.push(
+                supervisor
+                    .spawn(
+                        &config.owners_group(),
+                        &config.input_topic,
+                        shutdown.clone(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        format!("joining ownership group {:?}: {e}", config.owners_group())
+                    })?,
+            );
         }
         if !roles.serve {
             *pipeline.handles.lock() = handles;
@@ -326,15 +294,15 @@ impl AdsPipeline {
         self.clock.now_ms()
     }
 
-    fn is_idle(&self, task: &TaskSnapshot, now: i64) -> bool {
-        task.processed_offset >= task.end_offset
-            && task
-                .last_record_ms
-                .is_none_or(|at| now - at >= self.config.idle_timeout_ms)
+    fn idle_policy(&self) -> IdlePolicy {
+        IdlePolicy {
+            idle_timeout_ms: self.config.idle_timeout_ms,
+            out_of_orderness_ms: self.config.out_of_orderness_ms,
+        }
     }
 
     fn task_snapshots(&self) -> Vec<TaskSnapshot> {
-        self.tasks.lock().values().map(|t| t.snapshot()).collect()
+        self.tasks.snapshots()
     }
 
     pub fn roles(&self) -> PipelineRoles {
@@ -358,7 +326,7 @@ impl AdsPipeline {
     /// partition's owner announces wherever it runs.
     fn pipeline_watermark(&self, tasks: &[TaskSnapshot], now: i64) -> Option<i64> {
         if tasks.len() >= self.partitions as usize {
-            return self.watermark_of(tasks, now);
+            return tasks_watermark(tasks, self.idle_policy(), now);
         }
         let progress = self.writer.snapshot().progress;
         let mut active_min: Option<i64> = None;
@@ -373,26 +341,6 @@ impl AdsPipeline {
             return active_min;
         }
         let newest = progress.values().map(|p| p.watermark).max();
-        let by_clock = now - self.config.out_of_orderness_ms;
-        Some(newest.map_or(by_clock, |w| w.max(by_clock)))
-    }
-
-    fn watermark_of(&self, tasks: &[TaskSnapshot], now: i64) -> Option<i64> {
-        let mut active_min: Option<i64> = None;
-        let mut any_active = false;
-        for task in tasks {
-            if self.is_idle(task, now) {
-                continue;
-            }
-            any_active = true;
-            // An active partition without a watermark yet holds everything.
-            let watermark = task.watermark?;
-            active_min = Some(active_min.map_or(watermark, |m| m.min(watermark)));
-        }
-        if any_active {
-            return active_min;
-        }
-        let newest = tasks.iter().filter_map(|t| t.watermark).max();
         let by_clock = now - self.config.out_of_orderness_ms;
         Some(newest.map_or(by_clock, |w| w.max(by_clock)))
     }
@@ -417,7 +365,7 @@ impl AdsPipeline {
             .into_iter()
             .map(|task| PartitionReport {
                 lag: task.end_offset.saturating_sub(task.processed_offset),
-                idle: self.is_idle(&task, now),
+                idle: self.idle_policy().is_idle(&task, now),
                 task,
             })
             .collect();
@@ -689,84 +637,29 @@ impl AdsPipeline {
     }
 }
 
-/// A task this process runs for a partition it owns.
-struct RunningTask {
-    stop: watch::Sender<bool>,
-    handle: JoinHandle<()>,
-}
-
-/// Follows the ownership group: starts a task per assigned partition,
-/// stops (emit + checkpoint) revoked ones before releasing them.
-struct Owner {
-    bus: Arc<dyn EventBus>,
-    checkpoints: Arc<dyn CheckpointStore>,
-    clock: Arc<dyn Clock>,
+/// How the ad click pipeline builds the task of a partition.
+struct AdsTasks {
     spec: Arc<AdsSpec>,
     config: AdsConfig,
     /// The input topic's partition count (the repartition modulus).
     partitions: u32,
-    tasks: Arc<Mutex<BTreeMap<u32, Arc<TaskStatus>>>>,
-    running: BTreeMap<u32, RunningTask>,
 }
 
-impl Owner {
-    async fn run(
-        mut self,
-        mut membership: Box<dyn Membership>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let change = tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                change = membership.next_change() => change,
-            };
-            match change {
-                Some(OwnershipChange::Assigned(partitions)) => {
-                    tracing::info!(pipeline = %self.config.pipeline, ?partitions, "partitions assigned");
-                    for partition in partitions {
-                        self.start_task(partition);
-                    }
-                }
-                Some(OwnershipChange::Revoked {
-                    partitions,
-                    release,
-                }) => {
-                    tracing::info!(pipeline = %self.config.pipeline, ?partitions, "partitions revoked");
-                    self.stop_tasks(&partitions).await;
-                    let _ = release.send(());
-                }
-                None => {
-                    tracing::warn!(pipeline = %self.config.pipeline, "ownership group ended");
-                    break;
-                }
-            }
-        }
-        let all: Vec<u32> = self.running.keys().copied().collect();
-        self.stop_tasks(&all).await;
-        // Leaving the group after the final checkpoints lets the next owner
-        // start from them.
-        drop(membership);
+impl PartitionTasks for AdsTasks {
+    type Operator = AdClickOperator;
+
+    fn pipeline(&self) -> &str {
+        &self.config.pipeline
     }
 
-    fn start_task(&mut self, partition: u32) {
-        if self.running.contains_key(&partition) {
-            return;
-        }
-        let task_config = TaskConfig {
+    fn task_config(&self, partition: u32) -> TaskConfig {
+        TaskConfig {
             pipeline: self.config.pipeline.clone(),
             input_topic: self.config.input_topic.clone(),
             partition,
             sinks: vec![
-                self.config.aggregates_topic.clone(),
-                self.config.late_topic(),
+                (AGGREGATES_SINK, self.config.aggregates_topic.clone()),
+                (LATE_SINK, self.config.late_topic()),
             ],
             repartition: Some(RepartitionConfig {
                 topic: self.config.repartition_topic(),
@@ -776,65 +669,11 @@ impl Owner {
             checkpoint_interval: Duration::from_millis(self.config.checkpoint_interval_ms),
             max_poll_bytes: MAX_POLL_BYTES,
             stop_at: None,
-        };
-        let status = Arc::new(TaskStatus::new(partition));
-        self.tasks.lock().insert(partition, status.clone());
-        let (stop, stopped) = watch::channel(false);
-        let (bus, checkpoints, clock, spec) = (
-            self.bus.clone(),
-            self.checkpoints.clone(),
-            self.clock.clone(),
-            self.spec.clone(),
-        );
-        let handle = tokio::spawn(async move {
-            // A failed task (the bus went away, a checkpoint could not be
-            // written) is logged, shown in its status and restarted from its
-            // last checkpoint with backoff — state is rebuilt, never patched.
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                let operator = match AdClickOperator::new(spec.clone(), partition) {
-                    Ok(op) => op,
-                    Err(error) => {
-                        tracing::error!(partition, %error, "cannot build the ad click operator");
-                        return;
-                    }
-                };
-                let result = run_task(
-                    bus.clone(),
-                    checkpoints.clone(),
-                    clock.clone(),
-                    task_config.clone(),
-                    operator,
-                    status.clone(),
-                    stopped.clone(),
-                )
-                .await;
-                if result.is_ok() || *stopped.borrow() {
-                    return;
-                }
-                let mut stopped = stopped.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stopped.wait_for(|s| *s) => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        });
-        self.running.insert(partition, RunningTask { stop, handle });
+        }
     }
 
-    async fn stop_tasks(&mut self, partitions: &[u32]) {
-        let mut stopping = Vec::new();
-        for partition in partitions {
-            if let Some(task) = self.running.remove(partition) {
-                let _ = task.stop.send(true);
-                stopping.push((*partition, task.handle));
-            }
-        }
-        for (partition, handle) in stopping {
-            let _ = handle.await;
-            self.tasks.lock().remove(&partition);
-        }
+    fn operator(&self, partition: u32) -> riffle_stream::Result<AdClickOperator> {
+        AdClickOperator::new(self.spec.clone(), partition)
     }
 }
 

@@ -637,9 +637,21 @@ async fn verify(
     assert_eq!(ids, oracle.late, "late topic vs too-late clicks");
 
     // What GET /v1/pipelines reports.
-    let duplicates: u64 = report.partitions.iter().map(|p| p.task.duplicates).sum();
-    let too_late: u64 = report.partitions.iter().map(|p| p.task.late).sum();
-    let rejected: u64 = report.partitions.iter().map(|p| p.task.rejected).sum();
+    let duplicates: u64 = report
+        .partitions
+        .iter()
+        .map(|p| p.task.counters["duplicates"])
+        .sum();
+    let too_late: u64 = report
+        .partitions
+        .iter()
+        .map(|p| p.task.counters["late"])
+        .sum();
+    let rejected: u64 = report
+        .partitions
+        .iter()
+        .map(|p| p.task.counters["rejected"])
+        .sum();
     assert_eq!(duplicates, oracle.duplicates, "reported duplicates");
     assert_eq!(too_late, oracle.late.len() as u64, "reported late");
     assert_eq!(rejected, 0, "reported rejected");
@@ -866,7 +878,11 @@ async fn late_within_click_at_the_dedup_horizon_is_counted_once() {
         late_records(bus.as_ref()).await,
         vec![("beyond".to_string(), "too_late".to_string())]
     );
-    let duplicates: u64 = report.partitions.iter().map(|p| p.task.duplicates).sum();
+    let duplicates: u64 = report
+        .partitions
+        .iter()
+        .map(|p| p.task.counters["duplicates"])
+        .sum();
     assert_eq!(duplicates, 1);
     running.stop().await;
 }

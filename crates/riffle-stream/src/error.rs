@@ -28,6 +28,10 @@ pub enum StreamError {
     /// A checkpoint file could not be read or written.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    /// A topic a pipeline needs is missing and cannot be created, or does
+    /// not fit (too few partitions).
+    #[error("topic {topic:?} {reason}")]
+    Topic { topic: String, reason: String },
     /// The event bus failed under a task.
     #[error(transparent)]
     Bus(#[from] riffle_log::BusError),
@@ -49,6 +53,7 @@ impl StreamError {
             StreamError::IncompatibleSnapshot { .. } => ErrorCode::FailedPrecondition,
             StreamError::Operator { .. } => ErrorCode::Internal,
             StreamError::Checkpoint { .. } => ErrorCode::Unavailable,
+            StreamError::Topic { .. } => ErrorCode::FailedPrecondition,
             StreamError::Bus(error) => error.code(),
         }
     }

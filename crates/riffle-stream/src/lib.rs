@@ -22,6 +22,10 @@
 //!   repartition step that sends a record to the task owning its key
 //!   through an internal topic, in the same transaction, with the order of
 //!   the two inputs written down so replay reproduces it.
+//! * [`supervisor`] — runs a pipeline's tasks on the partitions this
+//!   process owns: follows the ownership group, stops revoked tasks with a
+//!   final checkpoint before releasing them, restarts failed ones with
+//!   backoff; the pipeline watermark over its tasks.
 //! * [`checkpoint`] — the checkpoint store trait and its filesystem
 //!   implementation (atomic, checksummed files per task).
 //! * [`metrics`] — per-pipeline Prometheus series.
@@ -35,16 +39,22 @@ pub mod error;
 pub mod metrics;
 pub mod operator;
 pub mod runtime;
+pub mod supervisor;
 pub mod time;
 pub mod watermark;
 
 pub use checkpoint::{CheckpointStore, FsCheckpointStore, RepartitionPosition, TaskCheckpoint};
 pub use dedup::{DedupConfig, Deduplicator, Verdict};
 pub use error::{Result, StreamError};
-pub use operator::{CheckpointId, Collector, Operator, OperatorProgress};
+pub use operator::{
+    CheckpointId, Collector, CounterSpec, Operator, OperatorProgress, MAX_COUNTERS,
+};
 pub use runtime::{
-    run_task, CheckpointInfo, RepartitionConfig, SinkRecord, SourceBatch, TaskConfig, TaskOutcome,
-    TaskSnapshot, TaskStatus, FORWARD_SINK,
+    run_task, CheckpointInfo, RepartitionConfig, Sink, SinkRecord, SourceBatch, TaskConfig,
+    TaskOutcome, TaskSnapshot, TaskStatus,
+};
+pub use supervisor::{
+    ensure_topic, tasks_watermark, Backoff, IdlePolicy, PartitionTasks, Supervisor, TaskSet,
 };
 pub use time::{SessionMerge, SessionWindows, Window, WindowAssigner, WindowSpec};
 pub use watermark::{

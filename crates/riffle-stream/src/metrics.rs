@@ -2,12 +2,17 @@
 //! registry. Every series is labelled by `pipeline` (and `partition` where
 //! it is per task).
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
+
+use parking_lot::Mutex;
 
 use prometheus::{
     register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
     GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
 };
+
+use crate::operator::CounterSpec;
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 4.0,
@@ -32,32 +37,21 @@ pub static RECORDS_OUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .unwrap()
 });
 
-pub static LATE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "riffle_stream_late_total",
-        "Events beyond the allowed lateness, written to the late topic",
-        &["pipeline", "partition"]
-    )
-    .unwrap()
-});
-
-pub static DUPLICATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "riffle_stream_duplicates_dropped_total",
-        "Events dropped as duplicates of an event_id already counted",
-        &["pipeline", "partition"]
-    )
-    .unwrap()
-});
-
-pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "riffle_stream_rejected_total",
-        "Input records a pipeline could not use (written to the late topic with the reason)",
-        &["pipeline", "partition"]
-    )
-    .unwrap()
-});
+/// The series of an operator's declared counter ([`CounterSpec`]),
+/// registered on first use. Two operators declaring the same metric share
+/// it (their pipeline label tells them apart).
+pub fn operator_counter(spec: &CounterSpec) -> IntCounterVec {
+    static COUNTERS: LazyLock<Mutex<HashMap<&'static str, IntCounterVec>>> =
+        LazyLock::new(Default::default);
+    COUNTERS
+        .lock()
+        .entry(spec.metric)
+        .or_insert_with(|| {
+            register_int_counter_vec!(spec.metric, spec.help, &["pipeline", "partition"])
+                .unwrap_or_else(|e| panic!("registering operator counter {}: {e}", spec.metric))
+        })
+        .clone()
+}
 
 pub static WATERMARK_LAG_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(

@@ -24,6 +24,22 @@ use crate::error::{Result, StreamError};
 /// Identifies a checkpoint; increases by one per checkpoint of a task.
 pub type CheckpointId = u64;
 
+/// The most counters one operator can declare ([`Operator::counters`]).
+pub const MAX_COUNTERS: usize = 8;
+
+/// A counter an operator keeps (events it routed late, dropped as
+/// duplicates, …). The runtime shows it in the task status under `name`
+/// and exports it as the Prometheus counter `metric`, labelled by pipeline
+/// and partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSpec {
+    /// The field in the task status (`GET /v1/pipelines`).
+    pub name: &'static str,
+    /// The Prometheus series, e.g. `riffle_stream_late_total`.
+    pub metric: &'static str,
+    pub help: &'static str,
+}
+
 /// What an operator reports about itself (see [`Operator::progress`]).
 /// Counters are totals since the operator was created or restored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,13 +48,9 @@ pub struct OperatorProgress {
     pub watermark: Option<i64>,
     /// The largest event time seen.
     pub max_event_time: Option<i64>,
-    /// Events routed to the late output (beyond the allowed lateness).
-    pub late: u64,
-    /// Events dropped as duplicates.
-    pub duplicates: u64,
-    /// Records that could not be used (undecodable, wrong type); they go to
-    /// the late output with the reason.
-    pub rejected: u64,
+    /// The values of the counters [`Operator::counters`] declares, in the
+    /// same order; the rest stay zero.
+    pub counters: [u64; MAX_COUNTERS],
 }
 
 /// Where an operator puts its output records. The runtime owns one per task
@@ -106,6 +118,13 @@ pub trait Operator: Send {
     fn handle_tick(&mut self, now_ms: i64, out: &mut Collector<Self::Out>) -> Result<()> {
         let _ = (now_ms, out);
         Ok(())
+    }
+
+    /// The counters this operator keeps, in the order
+    /// [`OperatorProgress::counters`] reports them; at most
+    /// [`MAX_COUNTERS`], names unique. The default keeps none.
+    fn counters(&self) -> &'static [CounterSpec] {
+        &[]
     }
 
     /// Counters and event-time progress for metrics and `GET /v1/pipelines`.
@@ -196,6 +215,7 @@ mod tests {
         op.process_batch(vec![1, 2], &mut out).unwrap();
         op.handle_tick(0, &mut out).unwrap();
         assert_eq!(op.progress(), OperatorProgress::default());
+        assert!(op.counters().is_empty());
         assert_eq!(op.handle_watermark(10, &mut out).unwrap(), Some(10));
         assert_eq!(op.handle_checkpoint(1, &mut out).unwrap(), Vec::<u8>::new());
         op.handle_commit(1).unwrap();

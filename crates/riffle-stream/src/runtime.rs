@@ -70,7 +70,7 @@
 //! made durable; memory is the operator's state plus one poll (and the
 //! forwarded records of one round).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +88,7 @@ use tokio::time::Instant;
 use crate::checkpoint::{CheckpointStore, RepartitionPosition, TaskCheckpoint};
 use crate::error::{Result, StreamError};
 use crate::metrics;
-use crate::operator::{CheckpointId, Collector, Operator, OperatorProgress};
+use crate::operator::{CheckpointId, Collector, Operator, OperatorProgress, MAX_COUNTERS};
 
 /// Header of a forwarded record: source partition (u32 LE) + source offset
 /// (u64 LE).
@@ -96,8 +96,32 @@ pub const ORIGIN_HEADER: &str = "riffle-origin";
 /// Header of a round record: incarnation, round, input offset, repartition
 /// offset (4 × u64 LE).
 pub const ROUND_HEADER: &str = "riffle-round";
-/// [`SinkRecord::sink`] of a record forwarded through the repartition topic.
-pub const FORWARD_SINK: usize = usize::MAX;
+/// Names one output of an operator. The operator declares its sinks as
+/// constants and emits to them by name; a task binds each name to a topic
+/// ([`TaskConfig::sinks`]), so adding an output cannot shift the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sink(&'static str);
+
+impl Sink {
+    /// A sink called `name` (unique among a task's sinks).
+    pub const fn named(name: &'static str) -> Sink {
+        Sink(name)
+    }
+
+    /// A record forwarded through the repartition topic to the task owning
+    /// its key (see [`SinkRecord::forward`]); never bound to a topic.
+    pub const FORWARD: Sink = Sink("riffle.forward");
+
+    pub fn name(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
 /// Forwarded records buffered in one round before the task ends the round
 /// early (bounds the memory of a flood of forwarded records).
 const MAX_PENDING_BYTES: usize = 16 << 20;
@@ -176,12 +200,12 @@ impl<'a> SourceBatch<'a> {
     }
 }
 
-/// One output record of a task. It goes to topic `sinks[sink]` of the
-/// [`TaskConfig`], in the same partition number as the task's input; with
-/// `sink == FORWARD_SINK`, to the repartition topic's partition of `key`.
+/// One output record of a task. It goes to the topic the [`TaskConfig`]
+/// binds to `sink`, in the same partition number as the task's input; with
+/// [`Sink::FORWARD`], to the repartition topic's partition of `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkRecord {
-    pub sink: usize,
+    pub sink: Sink,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub timestamp: i64,
@@ -196,7 +220,7 @@ impl SinkRecord {
         origin.extend_from_slice(&batch.partition.to_le_bytes());
         origin.extend_from_slice(&record.offset.to_le_bytes());
         SinkRecord {
-            sink: FORWARD_SINK,
+            sink: Sink::FORWARD,
             key: Some(key.to_vec()),
             value: record.value.to_vec(),
             timestamp: record.timestamp,
@@ -223,8 +247,8 @@ pub struct TaskConfig {
     pub pipeline: String,
     pub input_topic: String,
     pub partition: u32,
-    /// Output topics, indexed by [`SinkRecord::sink`].
-    pub sinks: Vec<String>,
+    /// The topic of each sink the operator emits to ([`SinkRecord::sink`]).
+    pub sinks: Vec<(Sink, String)>,
     /// Where records of other partitions' keys go; `None`: the operator
     /// processes everything in place.
     pub repartition: Option<RepartitionConfig>,
@@ -269,9 +293,9 @@ pub struct TaskSnapshot {
     pub forwarded_in: u64,
     /// The next offset of the repartition partition to process.
     pub repartition_offset: Option<u64>,
-    pub late: u64,
-    pub duplicates: u64,
-    pub rejected: u64,
+    /// The operator's own counters by name ([`Operator::counters`]).
+    #[serde(flatten)]
+    pub counters: BTreeMap<&'static str, u64>,
     pub restored_from: Option<CheckpointId>,
     pub last_checkpoint: Option<CheckpointInfo>,
     /// Wall clock of the last record seen (for idleness).
@@ -300,7 +324,7 @@ impl TaskStatus {
         self.inner.lock().clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut TaskSnapshot)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut TaskSnapshot)) {
         f(&mut self.inner.lock());
     }
 }
@@ -437,7 +461,42 @@ struct Runner<'r, O> {
     records_out: u64,
     forwarded_out: u64,
     reported: OperatorProgress,
+    /// The operator's declared counters and their series of this task.
+    counters: Vec<(&'static str, prometheus::IntCounter)>,
     labels: [String; 2],
+}
+
+/// Refuses a task whose sinks or counters cannot be told apart.
+fn check_task<O: Operator>(config: &TaskConfig, op: &O) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(StreamError::Operator {
+            operator: op.name().to_owned(),
+            reason,
+        })
+    };
+    for (i, (sink, _)) in config.sinks.iter().enumerate() {
+        if *sink == Sink::FORWARD {
+            return refuse(format!(
+                "sink {sink:?} is the repartition step's, not a topic"
+            ));
+        }
+        if config.sinks[..i].iter().any(|(s, _)| s == sink) {
+            return refuse(format!("sink {:?} is bound twice", sink.name()));
+        }
+    }
+    let counters = op.counters();
+    if counters.len() > MAX_COUNTERS {
+        return refuse(format!(
+            "declares {} counters, at most {MAX_COUNTERS} are supported",
+            counters.len()
+        ));
+    }
+    for (i, counter) in counters.iter().enumerate() {
+        if counters[..i].iter().any(|c| c.name == counter.name) {
+            return refuse(format!("counter {:?} is declared twice", counter.name));
+        }
+    }
+    Ok(())
 }
 
 /// Runs one task until `shutdown` turns true (then emits and checkpoints)
@@ -454,6 +513,7 @@ pub async fn run_task<O>(
 where
     O: for<'a> Operator<In<'a> = SourceBatch<'a>, Out = SinkRecord>,
 {
+    check_task(&config, &op)?;
     let tp = TopicPartition::new(config.input_topic.clone(), config.partition);
     let labels = [config.pipeline.clone(), config.partition.to_string()];
     let rp = config.repartition.as_ref().map(|r| Repartition {
@@ -471,6 +531,15 @@ where
         max_data: None,
         forwarded_in: 0,
     });
+    let counters = op
+        .counters()
+        .iter()
+        .map(|spec| {
+            let series = metrics::operator_counter(spec)
+                .with_label_values(&[labels[0].as_str(), labels[1].as_str()]);
+            (spec.name, series)
+        })
+        .collect();
     let mut runner = Runner {
         bus: &bus,
         store: &store,
@@ -490,6 +559,7 @@ where
         records_out: 0,
         forwarded_out: 0,
         reported: OperatorProgress::default(),
+        counters,
         labels,
     };
     let result = runner.run(&mut shutdown).await;
@@ -1050,18 +1120,11 @@ where
     fn publish_status(&mut self) {
         let progress: OperatorProgress = self.op.progress();
         let now = self.clock.now_ms();
-        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         // Operator counters restart with the operator; the metrics only grow.
         let before = self.reported;
-        metrics::LATE
-            .with_label_values(&labels)
-            .inc_by(progress.late.saturating_sub(before.late));
-        metrics::DUPLICATES
-            .with_label_values(&labels)
-            .inc_by(progress.duplicates.saturating_sub(before.duplicates));
-        metrics::REJECTED
-            .with_label_values(&labels)
-            .inc_by(progress.rejected.saturating_sub(before.rejected));
+        for (i, (_, series)) in self.counters.iter().enumerate() {
+            series.inc_by(progress.counters[i].saturating_sub(before.counters[i]));
+        }
         self.reported = progress;
         if let Some(watermark) = progress.watermark {
             metrics::WATERMARK_LAG_SECONDS
@@ -1082,9 +1145,9 @@ where
             s.forwarded_out = self.forwarded_out;
             s.forwarded_in = forwarded_in;
             s.repartition_offset = repartition_offset;
-            s.late = progress.late;
-            s.duplicates = progress.duplicates;
-            s.rejected = progress.rejected;
+            for (i, (name, _)) in self.counters.iter().enumerate() {
+                s.counters.insert(name, progress.counters[i]);
+            }
         });
     }
 
@@ -1116,7 +1179,7 @@ where
         let mut count = 0u64;
         let mut forwarded = 0u64;
         for record in self.out.drain() {
-            let batch = if record.sink == FORWARD_SINK {
+            let batch = if record.sink == Sink::FORWARD {
                 let Some(key) = record.key.as_deref().filter(|_| partitions > 0) else {
                     return Err(StreamError::Operator {
                         operator: self.op.name().to_owned(),
@@ -1131,13 +1194,18 @@ where
                 forwarded += 1;
                 &mut forwards[to]
             } else {
-                let Some(batch) = batches.get_mut(record.sink) else {
+                let bound = self
+                    .config
+                    .sinks
+                    .iter()
+                    .position(|(sink, _)| *sink == record.sink);
+                let Some(batch) = bound.and_then(|i| batches.get_mut(i)) else {
                     return Err(StreamError::Operator {
                         operator: self.op.name().to_owned(),
                         reason: format!(
-                            "emitted to sink {} but the task has {} sinks",
-                            record.sink,
-                            self.config.sinks.len()
+                            "emitted to sink {:?}, which the task does not bind to a topic (it binds {:?})",
+                            record.sink.name(),
+                            self.config.sinks.iter().map(|(s, _)| s.name()).collect::<Vec<_>>()
                         ),
                     });
                 };
@@ -1173,9 +1241,9 @@ where
             self.config.pipeline, self.tp.topic, self.tp.partition
         );
         let mut txn = self.bus.begin_transaction(&txn_id).await?;
-        for (sink, batch) in self.config.sinks.iter().zip(batches) {
+        for ((_, topic), batch) in self.config.sinks.iter().zip(batches) {
             if !batch.is_empty() {
-                txn.append(sink, self.tp.partition, batch)?;
+                txn.append(topic, self.tp.partition, batch)?;
             }
         }
         let mut offsets = vec![(self.tp.clone(), self.position)];

@@ -18,7 +18,7 @@ use riffle_log::{
     Admin, EmbeddedLog, EventBus, LogOptions, RecordBatch, StartPosition, TopicConfig,
 };
 use riffle_stream::{
-    run_task, CheckpointStore, Collector, FsCheckpointStore, Operator, RepartitionConfig,
+    run_task, CheckpointStore, Collector, FsCheckpointStore, Operator, RepartitionConfig, Sink,
     SinkRecord, SourceBatch, StreamError, TaskConfig, TaskStatus,
 };
 use tokio::sync::watch;
@@ -29,6 +29,7 @@ const INPUT: &str = "in";
 const OUTPUT: &str = "out";
 const REPARTITION: &str = "keycount.repartition";
 const PIPELINE: &str = "keycount";
+const COUNTS: Sink = Sink::named("counts");
 
 /// Counts distinct ids per key; remembers the first id it processed per key.
 #[derive(Default)]
@@ -90,7 +91,7 @@ impl Operator for KeyCount {
             let mut value = count.to_le_bytes().to_vec();
             value.extend_from_slice(&first.to_le_bytes());
             out.collect(SinkRecord {
-                sink: 0,
+                sink: COUNTS,
                 key: Some(vec![key]),
                 value,
                 timestamp: 0,
@@ -220,7 +221,7 @@ impl Harness {
             pipeline: PIPELINE.into(),
             input_topic: INPUT.into(),
             partition,
-            sinks: vec![OUTPUT.into()],
+            sinks: vec![(COUNTS, OUTPUT.into())],
             repartition: Some(RepartitionConfig {
                 topic: REPARTITION.into(),
                 partitions: PARTITIONS,

@@ -183,7 +183,10 @@ async fn run_mode(
             pipeline: config.pipeline.clone(),
             input_topic: input.clone(),
             partition,
-            sinks: vec![aggregates.clone(), late.clone()],
+            sinks: vec![
+                (riffle_ads::operator::AGGREGATES_SINK, aggregates.clone()),
+                (riffle_ads::operator::LATE_SINK, late.clone()),
+            ],
             repartition: Some(RepartitionConfig {
                 topic: repartition.clone(),
                 partitions: args.partitions,
