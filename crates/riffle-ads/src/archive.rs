@@ -55,6 +55,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
+use riffle_core::{ErrorCode, HasCode};
 use riffle_log::{BusError, EventBus, RecordBatch, RecordSet};
 use serde::Serialize;
 
@@ -86,13 +87,13 @@ pub enum ArchiveError {
     Disabled,
 }
 
-impl ArchiveError {
-    pub fn code(&self) -> riffle_core::ErrorCode {
+impl HasCode for ArchiveError {
+    fn code(&self) -> ErrorCode {
         match self {
-            ArchiveError::Io { .. } => riffle_core::ErrorCode::Internal,
-            ArchiveError::Format { .. } => riffle_core::ErrorCode::DataLoss,
+            ArchiveError::Io { .. } => ErrorCode::Internal,
+            ArchiveError::Format { .. } => ErrorCode::DataLoss,
             ArchiveError::Bus(error) => error.code(),
-            ArchiveError::Disabled => riffle_core::ErrorCode::FailedPrecondition,
+            ArchiveError::Disabled => ErrorCode::FailedPrecondition,
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use riffle_core::{check, check_eq, ErrorCode};
+use riffle_core::{check, check_eq, ErrorCode, HasCode};
 
 use crate::error::StoreError;
 use crate::store::{

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -58,8 +58,10 @@ impl StoreError {
             _ => None,
         }
     }
+}
 
-    pub fn code(&self) -> ErrorCode {
+impl HasCode for StoreError {
+    fn code(&self) -> ErrorCode {
         match self {
             StoreError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
             StoreError::PositionRegressed { .. } | StoreError::IncompatibleFormat { .. } => {
@@ -75,9 +77,29 @@ impl StoreError {
             },
         }
     }
+}
 
-    pub fn is_retryable(&self) -> bool {
-        self.code().is_retryable()
+/// Why the ad click pipeline did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] riffle_core::config::ConfigError),
+    /// A topic it needs is missing and cannot be created, or does not fit.
+    #[error(transparent)]
+    Topic(#[from] riffle_stream::StreamError),
+    #[error("joining ownership group {group:?}: {source}")]
+    Ownership {
+        group: String,
+        source: riffle_stream::StreamError,
+    },
+}
+
+impl HasCode for StartError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            StartError::Config(error) => error.code(),
+            StartError::Topic(error) | StartError::Ownership { source: error, .. } => error.code(),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use riffle_core::config::{AdFilterConfig, AdsConfig};
+use riffle_core::config::{AdFilterConfig, AdsConfig, ConfigError};
 use riffle_core::net::Cidr;
 use serde::Serialize;
 
@@ -67,23 +67,24 @@ pub struct FilterSet {
 
 impl FilterSet {
     /// Compiles the filters of a validated config.
-    pub fn new(config: &AdsConfig) -> Result<FilterSet, String> {
+    pub fn new(config: &AdsConfig) -> Result<FilterSet, ConfigError> {
         Self::from_filters(&config.filters)
     }
 
-    pub fn from_filters(filters: &[AdFilterConfig]) -> Result<FilterSet, String> {
+    pub fn from_filters(filters: &[AdFilterConfig]) -> Result<FilterSet, ConfigError> {
         if filters.len() > MAX_FILTERS {
-            return Err(format!(
+            return Err(ConfigError::new(format!(
                 "ads.filters: {} filters, at most {MAX_FILTERS} are supported",
                 filters.len()
-            ));
+            )));
         }
         let mut compiled = Vec::with_capacity(filters.len());
         for (i, filter) in filters.iter().enumerate() {
             let mut ranges = Vec::new();
             for (j, range) in filter.ip.iter().enumerate() {
                 ranges.push(
-                    Cidr::parse(range).map_err(|e| format!("ads.filters[{i}].ip[{j}]: {e}"))?,
+                    Cidr::parse(range)
+                        .map_err(|e| ConfigError::new(format!("ads.filters[{i}].ip[{j}]: {e}")))?,
                 );
             }
             compiled.push(Filter {
@@ -203,8 +204,8 @@ mod tests {
     fn bad_cidr_names_the_field() {
         let err = FilterSet::from_filters(&[filter(1, &[], &["10.0.0.1/8"], &[])]).unwrap_err();
         assert_eq!(
-            err,
-            "ads.filters[0].ip[0]: \"10.0.0.1/8\": host bits must be zero"
+            err.to_string(),
+            "configuration: ads.filters[0].ip[0]: \"10.0.0.1/8\": host bits must be zero"
         );
     }
 }

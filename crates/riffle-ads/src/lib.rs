@@ -66,7 +66,7 @@ pub mod service;
 mod store;
 pub mod writer;
 
-pub use error::{Result, StoreError};
+pub use error::{Result, StartError, StoreError};
 pub use filter::{FilterInfo, FilterSet};
 pub use memory::MemoryAggregateStore;
 pub use operator::{AdClickOperator, AdsSpec};

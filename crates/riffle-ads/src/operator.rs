@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
-use riffle_core::config::AdsConfig;
+use riffle_core::config::{AdsConfig, ConfigError};
 use riffle_core::event::{Event, EventBody, ParseLimits};
 use riffle_stream::dedup::{DedupConfig, Deduplicator, Verdict};
 use riffle_stream::{
@@ -107,8 +107,8 @@ pub struct AdsSpec {
 }
 
 impl AdsSpec {
-    pub fn from_config(config: &AdsConfig) -> Result<AdsSpec, String> {
-        config.validate().map_err(|e| e.to_string())?;
+    pub fn from_config(config: &AdsConfig) -> Result<AdsSpec, ConfigError> {
+        config.validate()?;
         Ok(AdsSpec {
             pipeline: config.pipeline.clone(),
             out_of_orderness_ms: config.out_of_orderness_ms,

@@ -18,7 +18,7 @@
 //! [`QueryError::InvalidParam`] (400) naming the parameter.
 
 use riffle_core::time::{format_rfc3339_ms, parse_time_arg};
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -48,8 +48,10 @@ impl QueryError {
             message: message.into(),
         }
     }
+}
 
-    pub fn code(&self) -> ErrorCode {
+impl HasCode for QueryError {
+    fn code(&self) -> ErrorCode {
         match self {
             QueryError::InvalidParam { .. } => ErrorCode::InvalidArgument,
             QueryError::UnknownFilter(_) => ErrorCode::NotFound,

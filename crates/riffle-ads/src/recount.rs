@@ -45,6 +45,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use riffle_core::{ErrorCode, HasCode};
 use riffle_log::{EventBus, RecordSet, StartPosition};
 use riffle_stream::{Collector, Operator, SinkRecord, SourceBatch};
 
@@ -103,6 +104,21 @@ pub enum RecountError {
     #[cfg(feature = "parquet")]
     #[error("archive: {0}")]
     Archive(#[from] crate::archive::ArchiveError),
+}
+
+impl HasCode for RecountError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            RecountError::InvalidParam { .. } => ErrorCode::InvalidArgument,
+            RecountError::Bus(error) => error.code(),
+            RecountError::Stream(error) => error.code(),
+            RecountError::Store(error) => error.code(),
+            RecountError::Unavailable(_) => ErrorCode::Unavailable,
+            RecountError::MisPartitioned { .. } => ErrorCode::FailedPrecondition,
+            #[cfg(feature = "parquet")]
+            RecountError::Archive(error) => error.code(),
+        }
+    }
 }
 
 /// Where a recount reads raw events from.

@@ -25,12 +25,13 @@ use riffle_core::time::Clock;
 use riffle_log::{EventBus, TopicConfig};
 use riffle_stream::{
     ensure_topic, tasks_watermark, CheckpointStore, IdlePolicy, PartitionTasks, RepartitionConfig,
-    Supervisor, TaskConfig, TaskSet, TaskSnapshot,
+    StreamError, Supervisor, TaskConfig, TaskSet, TaskSnapshot,
 };
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::error::StartError;
 use crate::filter::FilterInfo;
 use crate::metrics;
 use crate::operator::{AdClickOperator, AdsSpec, AGGREGATES_SINK, LATE_SINK};
@@ -173,15 +174,11 @@ impl AdsPipeline {
         topic_template: &TopicConfig,
         roles: PipelineRoles,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Arc<AdsPipeline>, String> {
+    ) -> Result<Arc<AdsPipeline>, StartError> {
         let spec = Arc::new(AdsSpec::from_config(config)?);
         let ensure = |name: String, partitions: u32| {
             let bus = bus.clone();
-            async move {
-                ensure_topic(bus.as_ref(), &name, partitions, topic_template)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            async move { ensure_topic(bus.as_ref(), &name, partitions, topic_template).await }
         };
         let partitions = ensure(config.input_topic.clone(), topic_template.partitions).await?;
         ensure(config.aggregates_topic.clone(), partitions).await?;
@@ -191,10 +188,14 @@ impl AdsPipeline {
         let repartition_topic = config.repartition_topic();
         let existing = ensure(repartition_topic.clone(), partitions).await?;
         if existing != partitions {
-            return Err(format!(
-                "topic {repartition_topic:?} has {existing} partitions, the input {:?} has {partitions}; they must match (delete the repartition topic while the pipeline is stopped and it is recreated)",
-                config.input_topic
-            ));
+            return Err(StreamError::Topic {
+                topic: repartition_topic,
+                reason: format!(
+                    "has {existing} partitions, the input {:?} has {partitions}; they must match (delete the repartition topic while the pipeline is stopped and it is recreated)",
+                    config.input_topic
+                ),
+            }
+            .into());
         }
 
         let writer = Arc::new(WriterStatus::default());
@@ -232,8 +233,9 @@ impl AdsPipeline {
                         shutdown.clone(),
                     )
                     .await
-                    .map_err(|e| {
-                        format!("joining ownership group {:?}: {e}", config.owners_group())
+                    .map_err(|source| StartError::Ownership {
+                        group: config.owners_group(),
+                        source,
                     })?,
             );
         }

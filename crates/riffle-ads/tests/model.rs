@@ -5,6 +5,7 @@
 //! merged top by sorting all ads of the window's stored partials, without
 //! `merge_partials` or `rank_cmp`.
 
+use riffle_core::HasCode;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

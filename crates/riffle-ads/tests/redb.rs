@@ -5,7 +5,7 @@ use riffle_ads::{
     AggregateRow, AggregateStore, RedbAggregateStore, SourcePosition, StoreError, TopRow,
     WriteBatch, MINUTE_MS,
 };
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 
 const T0: i64 = 28_333_333 * MINUTE_MS;
 

@@ -542,6 +542,12 @@ impl ConfigError {
     }
 }
 
+impl crate::HasCode for ConfigError {
+    fn code(&self) -> crate::ErrorCode {
+        crate::ErrorCode::InvalidArgument
+    }
+}
+
 /// Where the layers come from. `cwd_file` is `./riffle.toml` unless a test
 /// points it elsewhere; `env` is the process environment unless replaced.
 #[derive(Debug, Default, Clone)]

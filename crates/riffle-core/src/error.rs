@@ -84,6 +84,24 @@ impl ErrorCode {
     }
 }
 
+/// An error that knows its failure class. Every crate's error type
+/// implements it, so the API layer turns any of them into an HTTP or gRPC
+/// error with one conversion, and callers decide about retries by code.
+pub trait HasCode: std::error::Error + Send + Sync + 'static {
+    fn code(&self) -> ErrorCode;
+
+    /// How long a client should wait before retrying, when the error knows
+    /// (backpressure); the API sends it as `Retry-After`.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Whether retrying the same request later may succeed.
+    fn is_retryable(&self) -> bool {
+        self.code().is_retryable()
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

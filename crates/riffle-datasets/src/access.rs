@@ -137,6 +137,7 @@ impl AccessPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riffle_core::HasCode;
 
     fn policy() -> AccessPolicy {
         AccessPolicy::new(
@@ -161,7 +162,7 @@ mod tests {
     #[test]
     fn publish_needs_a_matching_token() {
         let p = policy();
-        let code = |r: Result<String>| r.unwrap_err().code;
+        let code = |r: Result<String>| r.unwrap_err().code();
         assert_eq!(
             code(p.authorize(None, "models.a", Permission::Publish, false)),
             ErrorCode::Unauthenticated

@@ -671,7 +671,7 @@ fn decrypting_stream(
 }
 
 fn in_blob(blob: &str, error: DatasetError) -> DatasetError {
-    DatasetError::new(error.code, format!("blob {blob}: {}", error.message))
+    error.within(&format!("blob {blob}"))
 }
 
 fn stream_error(error: io::Error, received: u64) -> DatasetError {
@@ -719,6 +719,7 @@ fn remove_stale_files(dir: &FsPath, cutoff_ms: i64) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riffle_core::HasCode;
 
     #[test]
     fn blob_keys_are_validated() {
@@ -737,7 +738,7 @@ mod tests {
         ] {
             assert!(!is_blob_key(bad), "{bad}");
             let error = blob_path(bad).unwrap_err();
-            assert_eq!(error.code, ErrorCode::InvalidArgument);
+            assert_eq!(error.code(), ErrorCode::InvalidArgument);
         }
     }
 

@@ -1347,7 +1347,7 @@ mod tests {
         ];
         for (config, prefix) in cases {
             let error = config.validate().unwrap_err();
-            assert!(error.message.starts_with(prefix), "{}", error.message);
+            assert!(error.message().starts_with(prefix), "{}", error.message());
         }
         let debug = format!(
             "{:?}",

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use riffle_core::{check, check_eq, ErrorCode};
+use riffle_core::{check, check_eq, ErrorCode, HasCode};
 
 use crate::error::DatasetError;
 use crate::model::{
@@ -28,7 +28,7 @@ use crate::store::MetadataStore;
 pub type CheckResult = Result<(), String>;
 
 fn err(error: DatasetError) -> String {
-    format!("unexpected error: {error} ({:?})", error.code)
+    format!("unexpected error: {error} ({:?})", error.code())
 }
 
 fn expect_code<T: std::fmt::Debug>(
@@ -38,8 +38,11 @@ fn expect_code<T: std::fmt::Debug>(
 ) -> CheckResult {
     match result {
         Ok(value) => Err(format!("{what}: expected {code:?}, got Ok({value:?})")),
-        Err(e) if e.code == code => Ok(()),
-        Err(e) => Err(format!("{what}: expected {code:?}, got {:?}: {e}", e.code)),
+        Err(e) if e.code() == code => Ok(()),
+        Err(e) => Err(format!(
+            "{what}: expected {code:?}, got {:?}: {e}",
+            e.code()
+        )),
     }
 }
 

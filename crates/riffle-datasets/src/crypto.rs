@@ -672,6 +672,7 @@ fn warn_if_shared(path: &Path) {
 #[cfg(test)]
 mod tests {
     use riffle_core::ErrorCode;
+    use riffle_core::HasCode;
 
     use super::*;
 
@@ -699,12 +700,12 @@ mod tests {
 
     fn assert_data_loss(result: Result<Vec<u8>>, needle: &str) {
         let error = result.expect_err("tampering must be detected");
-        assert_eq!(error.code, ErrorCode::DataLoss, "{error}");
+        assert_eq!(error.code(), ErrorCode::DataLoss, "{error}");
         assert!(
-            error.message.starts_with("payload decryption failed:"),
+            error.message().starts_with("payload decryption failed:"),
             "{error}"
         );
-        assert!(error.message.contains(needle), "{error}");
+        assert!(error.message().contains(needle), "{error}");
     }
 
     const SIZES: [usize; 6] = [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME];
@@ -868,22 +869,22 @@ mod tests {
         let mut out = Vec::new();
         decryptor.push(&frames[..100], &mut out).unwrap();
         let error = decryptor.finish().unwrap_err();
-        assert_eq!(error.code, ErrorCode::DataLoss);
-        assert!(error.message.contains("frame 0 truncated"), "{error}");
+        assert_eq!(error.code(), ErrorCode::DataLoss);
+        assert!(error.message().contains("frame 0 truncated"), "{error}");
 
         let (mut decryptor, _) = Decryptor::for_range(&key, header, len, 0..10).unwrap();
         let error = decryptor
             .push(&stored[HEADER..HEADER + FRAME + TAG + 1], &mut out)
             .unwrap_err();
         assert!(
-            error.message.contains("unexpected bytes after frame 0"),
+            error.message().contains("unexpected bytes after frame 0"),
             "{error}"
         );
 
         let error = Decryptor::for_range(&key, header, len, 5..len + 1)
             .err()
             .unwrap();
-        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert_eq!(error.code(), ErrorCode::InvalidArgument);
     }
 
     #[test]
@@ -966,18 +967,18 @@ mod tests {
 
         let other_master = MasterKey::from_hex(&"b7".repeat(32), "other").unwrap();
         let error = other_master.unwrap_topic_key(&wrapped).unwrap_err();
-        assert_eq!(error.code, ErrorCode::DataLoss);
-        assert!(error.message.contains("wrong master key"), "{error}");
+        assert_eq!(error.code(), ErrorCode::DataLoss);
+        assert!(error.message().contains("wrong master key"), "{error}");
 
         for offset in [0, WRAP_NONCE, WRAPPED_KEY_LEN - 1] {
             let mut tampered = wrapped.clone();
             tampered[offset] ^= 0x80;
             let error = master.unwrap_topic_key(&tampered).unwrap_err();
-            assert_eq!(error.code, ErrorCode::DataLoss, "offset {offset}");
+            assert_eq!(error.code(), ErrorCode::DataLoss, "offset {offset}");
         }
         let error = master.unwrap_topic_key(&wrapped[1..]).unwrap_err();
         assert!(
-            error.message.contains("has 59 bytes, expected 60"),
+            error.message().contains("has 59 bytes, expected 60"),
             "{error}"
         );
     }
@@ -994,9 +995,9 @@ mod tests {
     fn from_hex_names_the_field_not_the_value() {
         for bad in ["", "abc", &"zz".repeat(32), &"4a".repeat(33)] {
             let error = MasterKey::from_hex(bad, "datasets.master_key").unwrap_err();
-            assert_eq!(error.code, ErrorCode::InvalidArgument);
+            assert_eq!(error.code(), ErrorCode::InvalidArgument);
             assert_eq!(
-                error.message,
+                error.message(),
                 "datasets.master_key: expected 64 hex characters (a 256-bit key)"
             );
         }
@@ -1041,9 +1042,9 @@ mod tests {
         let path = dir.path().join("master.key");
         std::fs::write(&path, "not a key\n").unwrap();
         let error = MasterKey::load_or_create(&path).unwrap_err();
-        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert_eq!(error.code(), ErrorCode::InvalidArgument);
         assert!(
-            error.message.contains(&path.display().to_string()),
+            error.message().contains(&path.display().to_string()),
             "{error}"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a key\n");

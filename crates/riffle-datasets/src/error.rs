@@ -1,67 +1,155 @@
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
 
-/// Every failure of the dataset service, its stores and its client. The
-/// code maps to an HTTP and a gRPC status; the message is lowercase and
-/// names the offending field or value (`scope: "region" is not K=V`).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct DatasetError {
-    pub code: ErrorCode,
-    pub message: String,
+/// Every failure of the dataset service, its stores and its client, one
+/// variant per failure class. The message is lowercase and names the
+/// offending field or value (`scope: "region" is not K=V`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A compare-and-set lost to a concurrent writer: re-read and retry.
-    conflict: bool,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DataLoss(String),
+    #[error("{0}")]
+    Internal(String),
+    /// A request the API refused because of its method (REST only).
+    #[error("{0}")]
+    MethodNotAllowed(String),
 }
 
 impl DatasetError {
+    /// The variant of `code` (e.g. an error a server answered with).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        DatasetError {
-            code,
-            message: message.into(),
-            conflict: false,
+        let message = message.into();
+        match code {
+            ErrorCode::InvalidArgument => DatasetError::InvalidArgument(message),
+            ErrorCode::NotFound => DatasetError::NotFound(message),
+            ErrorCode::MethodNotAllowed => DatasetError::MethodNotAllowed(message),
+            ErrorCode::AlreadyExists => DatasetError::AlreadyExists(message),
+            ErrorCode::Unauthenticated => DatasetError::Unauthenticated(message),
+            ErrorCode::PermissionDenied => DatasetError::PermissionDenied(message),
+            ErrorCode::PayloadTooLarge => DatasetError::PayloadTooLarge(message),
+            ErrorCode::ResourceExhausted => DatasetError::ResourceExhausted(message),
+            ErrorCode::FailedPrecondition => DatasetError::FailedPrecondition(message),
+            ErrorCode::OutOfRange => DatasetError::OutOfRange(message),
+            ErrorCode::Unavailable => DatasetError::Unavailable(message),
+            ErrorCode::DataLoss => DatasetError::DataLoss(message),
+            ErrorCode::Internal => DatasetError::Internal(message),
         }
     }
 
     /// A compare-and-set that lost to a concurrent writer
     /// (`FailedPrecondition`; [`DatasetError::is_conflict`] tells it apart).
     pub fn conflict(message: impl Into<String>) -> Self {
-        DatasetError {
-            conflict: true,
-            ..Self::new(ErrorCode::FailedPrecondition, message)
-        }
+        DatasetError::Conflict(message.into())
     }
 
     pub fn is_conflict(&self) -> bool {
-        self.conflict
+        matches!(self, DatasetError::Conflict(_))
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidArgument, message)
+        DatasetError::InvalidArgument(message.into())
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::NotFound, message)
+        DatasetError::NotFound(message.into())
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Internal, message)
+        DatasetError::Internal(message.into())
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Unavailable, message)
+        DatasetError::Unavailable(message.into())
     }
 
     pub fn data_loss(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::DataLoss, message)
+        DatasetError::DataLoss(message.into())
     }
 
-    /// Whether retrying the same request later may succeed.
+    pub fn message(&self) -> &str {
+        match self {
+            DatasetError::InvalidArgument(m)
+            | DatasetError::NotFound(m)
+            | DatasetError::AlreadyExists(m)
+            | DatasetError::Conflict(m)
+            | DatasetError::FailedPrecondition(m)
+            | DatasetError::Unauthenticated(m)
+            | DatasetError::PermissionDenied(m)
+            | DatasetError::PayloadTooLarge(m)
+            | DatasetError::ResourceExhausted(m)
+            | DatasetError::OutOfRange(m)
+            | DatasetError::Unavailable(m)
+            | DatasetError::DataLoss(m)
+            | DatasetError::Internal(m)
+            | DatasetError::MethodNotAllowed(m) => m,
+        }
+    }
+
+    /// The same failure with `context` put before the message.
+    pub fn within(self, context: &str) -> Self {
+        let code = self.code();
+        let conflict = self.is_conflict();
+        let message = format!("{context}: {}", self.message());
+        if conflict {
+            DatasetError::Conflict(message)
+        } else {
+            DatasetError::new(code, message)
+        }
+    }
+
+    /// Whether retrying the same request later may succeed (the client
+    /// also retries internal errors: a server restart answers them).
     pub fn retryable(&self) -> bool {
         matches!(
-            self.code,
+            self.code(),
             ErrorCode::Unavailable | ErrorCode::ResourceExhausted | ErrorCode::Internal
         )
+    }
+}
+
+impl HasCode for DatasetError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            DatasetError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            DatasetError::NotFound(_) => ErrorCode::NotFound,
+            DatasetError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            DatasetError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            DatasetError::Conflict(_) | DatasetError::FailedPrecondition(_) => {
+                ErrorCode::FailedPrecondition
+            }
+            DatasetError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            DatasetError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            DatasetError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            DatasetError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            DatasetError::OutOfRange(_) => ErrorCode::OutOfRange,
+            DatasetError::Unavailable(_) => ErrorCode::Unavailable,
+            DatasetError::DataLoss(_) => ErrorCode::DataLoss,
+            DatasetError::Internal(_) => ErrorCode::Internal,
+        }
     }
 }
 

@@ -578,11 +578,15 @@ mod tests {
     #[test]
     fn parse_errors_name_the_field() {
         let e = Scope::parse_field("region", "scope").unwrap_err();
-        assert!(e.message.starts_with("scope: \"region\""), "{}", e.message);
+        assert!(
+            e.message().starts_with("scope: \"region\""),
+            "{}",
+            e.message()
+        );
         let e = Labels::parse_field("a=1,a=2", "labels").unwrap_err();
-        assert!(e.message.contains("given twice"), "{}", e.message);
+        assert!(e.message().contains("given twice"), "{}", e.message());
         let e = Labels::parse_field("a=1,*", "labels").unwrap_err();
-        assert!(e.message.starts_with("labels:"), "{}", e.message);
+        assert!(e.message().starts_with("labels:"), "{}", e.message());
         assert!(validate_topic_name("models.ranker-v2").is_ok());
         for bad in ["", ".hidden", "a b", "a/b", &"x".repeat(201)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
@@ -592,7 +596,7 @@ mod tests {
         assert_eq!(parse_duration_ms("30d", "age").unwrap(), 2_592_000_000);
         assert!(parse_duration_ms("3x", "wait")
             .unwrap_err()
-            .message
+            .message()
             .starts_with("wait: \"3x\""));
         assert!(parse_duration_ms("", "wait").is_err());
     }

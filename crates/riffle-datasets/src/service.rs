@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 use parking_lot::Mutex;
 use riffle_core::time::{format_rfc3339_ms, Clock};
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -404,7 +404,7 @@ impl DatasetService {
                                 warn!(%error, "cache refresh after blob verification failed");
                             }
                         }
-                        Err(error) if error.code == ErrorCode::DataLoss => warn!(
+                        Err(error) if error.code() == ErrorCode::DataLoss => warn!(
                             topic = %version.topic,
                             version = version.version,
                             blob = %key,
@@ -620,7 +620,7 @@ impl DatasetService {
                         let _ = tx.send(Some(PollOutcome::Answer(Arc::new(answer))));
                         return;
                     }
-                    Err(e) if e.code == ErrorCode::NotFound => {
+                    Err(e) if e.code() == ErrorCode::NotFound => {
                         let _ = tx.send(Some(PollOutcome::Gone));
                         return;
                     }
@@ -1233,7 +1233,7 @@ impl DatasetService {
             {
                 current = match self.apply_next_stage(&current, "system").await {
                     Ok(next) => next,
-                    Err(e) if e.code == ErrorCode::FailedPrecondition => break,
+                    Err(e) if e.code() == ErrorCode::FailedPrecondition => break,
                     Err(e) => return Err(e),
                 };
                 applied += 1;

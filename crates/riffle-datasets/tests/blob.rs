@@ -16,7 +16,7 @@ use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 use riffle_datasets::blob::{blob_key_for, checksum_of, sha256_hex, BlobStore, ObjectBlobStore};
 use riffle_datasets::crypto::{encrypted_len, MasterKey, TopicKey, FRAME};
 use riffle_datasets::{DatasetError, Result};
@@ -115,7 +115,7 @@ fn in_memory() -> (Arc<InMemory>, ObjectBlobStore) {
 }
 
 fn assert_code(error: &DatasetError, code: ErrorCode) {
-    assert_eq!(error.code, code, "{error}");
+    assert_eq!(error.code(), code, "{error}");
 }
 
 async fn assert_round_trip(blobs: &ObjectBlobStore, raw_dir: Option<&Path>) {
@@ -218,9 +218,11 @@ async fn encrypted_blobs_hide_the_plaintext_and_need_their_topic_key() {
         .await
         .unwrap_err();
     assert_code(&error, ErrorCode::DataLoss);
-    assert!(error.message.contains(&written.key), "{error}");
+    assert!(error.message().contains(&written.key), "{error}");
     assert!(
-        error.message.contains("payload decryption failed: frame 0"),
+        error
+            .message()
+            .contains("payload decryption failed: frame 0"),
         "{error}"
     );
     let error = blobs
@@ -316,7 +318,7 @@ async fn exceeding_max_size_fails_and_leaves_nothing_behind() {
             .await
             .unwrap_err();
         assert_code(&error, ErrorCode::PayloadTooLarge);
-        assert!(error.message.contains("300000"), "{error}");
+        assert!(error.message().contains("300000"), "{error}");
         assert!(blobs.list().await.unwrap().is_empty());
         assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());
 
@@ -355,7 +357,7 @@ async fn a_failing_stream_fails_the_put_and_leaves_nothing_behind() {
             .await
             .unwrap_err();
         assert_code(&error, ErrorCode::Unavailable);
-        assert!(error.message.contains("client went away"), "{error}");
+        assert!(error.message().contains("client went away"), "{error}");
         assert!(blobs.list().await.unwrap().is_empty());
         assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());
 
@@ -427,14 +429,16 @@ async fn verify_detects_a_corrupted_stored_file() {
             .await
             .unwrap_err();
         assert_code(&error, ErrorCode::DataLoss);
-        assert!(error.message.contains(&written.key), "{error}");
+        assert!(error.message().contains(&written.key), "{error}");
         match key {
             None => {
-                assert!(error.message.contains(&written.checksum), "{error}");
-                assert!(error.message.contains(&checksum_of(&flipped)), "{error}");
+                assert!(error.message().contains(&written.checksum), "{error}");
+                assert!(error.message().contains(&checksum_of(&flipped)), "{error}");
             }
             Some(_) => assert!(
-                error.message.contains("payload decryption failed: frame 0"),
+                error
+                    .message()
+                    .contains("payload decryption failed: frame 0"),
                 "{error}"
             ),
         }
@@ -446,7 +450,7 @@ async fn verify_detects_a_corrupted_stored_file() {
             .await
             .unwrap_err();
         assert_code(&error, ErrorCode::DataLoss);
-        assert!(error.message.contains("stored size"), "{error}");
+        assert!(error.message().contains("stored size"), "{error}");
         // Reads notice the truncation as well.
         let error = read_all(&blobs, &written.key, key, size, 0..size)
             .await

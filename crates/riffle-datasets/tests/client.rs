@@ -750,13 +750,17 @@ async fn start_validates_the_config() {
     let error = Subscription::start(SubscriptionConfig::new("http://127.0.0.1:1", "a/b"), decode)
         .unwrap_err();
     assert!(
-        error.message.starts_with("topic: \"a/b\""),
+        error.message().starts_with("topic: \"a/b\""),
         "{}",
-        error.message
+        error.message()
     );
     let error =
         Subscription::start(SubscriptionConfig::new("127.0.0.1:1", "t"), decode).unwrap_err();
-    assert!(error.message.starts_with("base_url:"), "{}", error.message);
+    assert!(
+        error.message().starts_with("base_url:"),
+        "{}",
+        error.message()
+    );
 }
 
 fn scrape(registry: &prometheus::Registry) -> String {

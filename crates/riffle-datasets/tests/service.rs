@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use riffle_core::time::{Clock, ManualClock};
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 use riffle_datasets::crypto::{self, MasterKey};
 use riffle_datasets::model::{DataLocation, Reason, RolloutStage, RolloutState, Version};
 use riffle_datasets::service::{
@@ -322,7 +322,7 @@ fn assert_code<T>(result: Result<T, DatasetError>, code: ErrorCode) -> DatasetEr
     let Err(error) = result else {
         panic!("expected a {code:?} error, got a success");
     };
-    assert_eq!(error.code, code, "{}", error.message);
+    assert_eq!(error.code(), code, "{}", error.message());
     error
 }
 
@@ -485,12 +485,12 @@ async fn scopes_pick_each_consumers_version_and_widen_with_add_scopes() {
         .await,
         ErrorCode::InvalidArgument,
     );
-    assert!(e.message.starts_with("staged:"), "{}", e.message);
+    assert!(e.message().starts_with("staged:"), "{}", e.message());
     let e = assert_code(
         svc.add_scopes("features", 4, Vec::new(), "dana").await,
         ErrorCode::InvalidArgument,
     );
-    assert!(e.message.starts_with("scopes:"), "{}", e.message);
+    assert!(e.message().starts_with("scopes:"), "{}", e.message());
     assert_code(
         svc.add_scopes("features", 9, scopes(&["region=eu"]), "dana")
             .await,
@@ -760,7 +760,7 @@ async fn rollout_stages_follow_the_clock_and_pause_resume_fast_forward_abort() {
         svc.control_rollout(rollout.id, "resume", "carol").await,
         ErrorCode::FailedPrecondition,
     );
-    assert!(e.message.contains("running"), "{}", e.message);
+    assert!(e.message().contains("running"), "{}", e.message());
     assert_code(
         svc.control_rollout(rollout.id, "rewind", "carol").await,
         ErrorCode::InvalidArgument,
@@ -893,7 +893,7 @@ async fn rollout_stages_follow_the_clock_and_pause_resume_fast_forward_abort() {
         svc.start_rollout("rollout", 2, Vec::new(), "carol").await,
         ErrorCode::InvalidArgument,
     );
-    assert!(e.message.starts_with("stages:"), "{}", e.message);
+    assert!(e.message().starts_with("stages:"), "{}", e.message());
 
     let audit = svc.store().audit("rollout").await.unwrap();
     let actions: Vec<(&str, &str, Option<u64>)> = audit
@@ -1036,7 +1036,7 @@ async fn long_poll_is_woken_by_publish_times_out_and_sees_deletion() {
             .await,
         ErrorCode::InvalidArgument,
     );
-    assert!(e.message.starts_with("wait:"), "{}", e.message);
+    assert!(e.message().starts_with("wait:"), "{}", e.message());
     let at_max = svc.latest("poll", &labels(""), 1, max_wait).await.unwrap();
     assert_eq!(at_max.map(|a| a.version), Some(2));
 
@@ -1218,13 +1218,17 @@ async fn payloads_inline_and_in_blobs_read_back_whole_and_ranged() {
             publish_existing(&svc, "data", bad).await,
             ErrorCode::InvalidArgument,
         );
-        assert!(e.message.starts_with("checksum:"), "{bad:?}: {}", e.message);
+        assert!(
+            e.message().starts_with("checksum:"),
+            "{bad:?}: {}",
+            e.message()
+        );
     }
     let e = assert_code(
         publish_existing(&svc, "data", &sha256(b"never published")).await,
         ErrorCode::NotFound,
     );
-    assert!(e.message.starts_with("checksum:"), "{}", e.message);
+    assert!(e.message().starts_with("checksum:"), "{}", e.message());
     assert_code(
         publish_existing(&svc, "ghost", &v5.checksum).await,
         ErrorCode::NotFound,
@@ -1644,10 +1648,10 @@ async fn encrypted_topics_store_no_plaintext_and_need_the_master_key() {
         .err()
         .expect("a blob under another master key is unreadable");
     assert!(
-        matches!(e.code, ErrorCode::DataLoss | ErrorCode::Unavailable),
+        matches!(e.code(), ErrorCode::DataLoss | ErrorCode::Unavailable),
         "{:?}: {}",
-        e.code,
-        e.message
+        e.code(),
+        e.message()
     );
     assert_eq!(
         poll_now(&intruder, "secret", "", 1).await,
@@ -1963,7 +1967,7 @@ async fn a_recreated_encrypted_topic_is_readable_by_another_process() {
     let Ok(data) = data else {
         panic!(
             "cannot read the re-created topic: {}",
-            data.err().unwrap().message
+            data.err().unwrap().message()
         );
     };
     let chunks: Vec<Bytes> = data.body.try_collect().await.unwrap();

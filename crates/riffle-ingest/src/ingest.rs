@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use riffle_core::config::IngestConfig;
 use riffle_core::event::{parse_event, Event, EventError, EventType, ParseLimits};
 use riffle_core::time::Clock;
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 use riffle_log::{partition_for_key, BusError, EventBus, RecordBatch, TopicConfig};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -88,8 +88,8 @@ pub enum IngestError {
     Bus(#[from] BusError),
 }
 
-impl IngestError {
-    pub fn code(&self) -> ErrorCode {
+impl HasCode for IngestError {
+    fn code(&self) -> ErrorCode {
         match self {
             IngestError::BodyTooLarge { .. } | IngestError::TooManyEvents { .. } => {
                 ErrorCode::PayloadTooLarge
@@ -103,6 +103,13 @@ impl IngestError {
                 ErrorCode::Internal | ErrorCode::DataLoss => ErrorCode::Unavailable,
                 code => code,
             },
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Backpressure { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use riffle_core::config::Config;
 use riffle_core::event::Event;
 use riffle_core::time::ManualClock;
+use riffle_core::{config::Config, HasCode};
 use riffle_ingest::{BodyFormat, IngestError, Ingestor};
 use riffle_log::{partition_for_key, Admin, EmbeddedLog, EventBus, LogOptions};
 

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
 
@@ -54,8 +54,10 @@ impl BusError {
             source,
         }
     }
+}
 
-    pub fn code(&self) -> ErrorCode {
+impl HasCode for BusError {
+    fn code(&self) -> ErrorCode {
         match self {
             BusError::TopicNotFound(_) | BusError::PartitionNotFound { .. } => ErrorCode::NotFound,
             BusError::TopicExists(_) => ErrorCode::AlreadyExists,
@@ -66,9 +68,5 @@ impl BusError {
             BusError::Io { .. } | BusError::Backend(_) => ErrorCode::Internal,
             BusError::Closed => ErrorCode::Unavailable,
         }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.code().is_retryable()
     }
 }

@@ -15,23 +15,17 @@ use riffle_ads::AdsPipeline;
 use riffle_core::ErrorCode;
 use serde_json::{json, Value};
 
-use crate::auth::Role;
+use crate::auth::Permission;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
 use crate::metrics::ADS_QUERY_SECONDS;
 use crate::state::AppState;
 
-impl From<query::QueryError> for ApiError {
-    fn from(e: query::QueryError) -> Self {
-        ApiError::new(e.code(), e.to_string())
-    }
-}
-
 fn pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
     // Queries read the aggregate store, which only the serve role keeps.
     state.require_role(riffle_core::config::Role::Serve)?;
     let services = state.services()?;
-    services.auth.check(headers, Role::Read)?;
+    services.auth.check(headers, Permission::Read)?;
     services.ads.clone().ok_or_else(|| {
         ApiError::new(
             ErrorCode::FailedPrecondition,
@@ -106,34 +100,12 @@ pub async fn pipelines(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     let mut pipelines = Vec::new();
     if let Some(ads) = &services.ads {
         pipelines.push(ads.report().await);
     }
     Ok(Json(json!({ "pipelines": pipelines })))
-}
-
-impl From<riffle_ads::recount::RecountError> for ApiError {
-    fn from(e: riffle_ads::recount::RecountError) -> Self {
-        use riffle_ads::recount::RecountError;
-        let code = match &e {
-            RecountError::InvalidParam { .. } => ErrorCode::InvalidArgument,
-            RecountError::Bus(error) => error.code(),
-            RecountError::Stream(error) => error.code(),
-            RecountError::Store(error) => error.code(),
-            RecountError::Unavailable(_) => ErrorCode::Unavailable,
-            RecountError::MisPartitioned { .. } => ErrorCode::FailedPrecondition,
-            RecountError::Archive(error) => error.code(),
-        };
-        ApiError::new(code, e.to_string())
-    }
-}
-
-impl From<riffle_ads::archive::ArchiveError> for ApiError {
-    fn from(e: riffle_ads::archive::ArchiveError) -> Self {
-        ApiError::new(e.code(), e.to_string())
-    }
 }
 
 /// `{"from","to","source"}` of reconcile and recalc: epoch ms or RFC 3339;
@@ -176,7 +148,7 @@ fn parse_range(
 fn admin_pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
     state.require_role(riffle_core::config::Role::Serve)?;
     let services = state.services()?;
-    services.auth.check(headers, Role::Admin)?;
+    services.auth.check(headers, Permission::Admin)?;
     services.ads.clone().ok_or_else(|| {
         ApiError::new(
             ErrorCode::FailedPrecondition,

@@ -1,4 +1,4 @@
-//! Bearer tokens. Three roles: admin (topic create/delete and everything
+//! Bearer tokens. Three permissions: admin (topic create/delete and everything
 //! else), ingest (POST /v1/events) and read (topic reads, group offsets).
 //! Ingest and read are open unless tokens are configured for them. With no
 //! admin token configured, one is generated on first start into
@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum Permission {
     Admin,
     Ingest,
     Read,
@@ -75,12 +75,12 @@ impl Auth {
         }
     }
 
-    /// Checks the `Authorization: Bearer` header for a role.
-    pub fn check(&self, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
-        let open = match role {
-            Role::Admin => false,
-            Role::Ingest => self.ingest.is_empty(),
-            Role::Read => self.read.is_empty(),
+    /// Checks the `Authorization: Bearer` header for a permission.
+    pub fn check(&self, headers: &HeaderMap, permission: Permission) -> Result<(), ApiError> {
+        let open = match permission {
+            Permission::Admin => false,
+            Permission::Ingest => self.ingest.is_empty(),
+            Permission::Read => self.read.is_empty(),
         };
         if open {
             return Ok(());
@@ -102,27 +102,28 @@ impl Auth {
                     "authorization: expected \"Bearer <token>\"",
                 )
             })?;
-        if self.allows(token, role) {
+        if self.allows(token, permission) {
             Ok(())
         } else {
             Err(ApiError::new(
                 ErrorCode::PermissionDenied,
-                format!("authorization: token does not grant the {role:?} role").to_lowercase(),
+                format!("authorization: token does not grant the {permission:?} permission")
+                    .to_lowercase(),
             ))
         }
     }
 
-    fn allows(&self, token: &str, role: Role) -> bool {
+    fn allows(&self, token: &str, permission: Permission) -> bool {
         let eq = |a: &str| bool::from(a.as_bytes().ct_eq(token.as_bytes()));
         // Compare against every candidate so timing does not reveal which
         // list matched.
         let admin = eq(&self.admin);
         let ingest = self.ingest.iter().fold(false, |acc, t| acc | eq(t));
         let read = self.read.iter().fold(false, |acc, t| acc | eq(t));
-        match role {
-            Role::Admin => admin,
-            Role::Ingest => admin | ingest,
-            Role::Read => admin | read,
+        match permission {
+            Permission::Admin => admin,
+            Permission::Ingest => admin | ingest,
+            Permission::Read => admin | read,
         }
     }
 
@@ -130,7 +131,7 @@ impl Auth {
     pub fn check_grpc(
         &self,
         metadata: &tonic::metadata::MetadataMap,
-        role: Role,
+        permission: Permission,
     ) -> Result<(), tonic::Status> {
         let mut headers = HeaderMap::new();
         if let Some(v) = metadata.get("authorization").and_then(|v| v.to_str().ok()) {
@@ -138,7 +139,8 @@ impl Auth {
                 headers.insert(axum::http::header::AUTHORIZATION, value);
             }
         }
-        self.check(&headers, role).map_err(tonic::Status::from)
+        self.check(&headers, permission)
+            .map_err(tonic::Status::from)
     }
 }
 
@@ -156,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn roles() {
+    fn permissions() {
         let config = AuthConfig {
             admin_token: String::new(),
             ingest_tokens: vec!["ing".into()],
@@ -164,26 +166,30 @@ mod tests {
         };
         let auth = Auth::new(&config, "adm".into());
         assert!(
-            auth.check(&HeaderMap::new(), Role::Read).is_ok(),
+            auth.check(&HeaderMap::new(), Permission::Read).is_ok(),
             "reads open"
         );
         assert_eq!(
-            auth.check(&HeaderMap::new(), Role::Ingest)
+            auth.check(&HeaderMap::new(), Permission::Ingest)
                 .unwrap_err()
                 .code,
             ErrorCode::Unauthenticated
         );
-        assert!(auth.check(&headers("ing"), Role::Ingest).is_ok());
-        assert!(auth.check(&headers("adm"), Role::Ingest).is_ok());
+        assert!(auth.check(&headers("ing"), Permission::Ingest).is_ok());
+        assert!(auth.check(&headers("adm"), Permission::Ingest).is_ok());
         assert_eq!(
-            auth.check(&headers("ing"), Role::Admin).unwrap_err().code,
+            auth.check(&headers("ing"), Permission::Admin)
+                .unwrap_err()
+                .code,
             ErrorCode::PermissionDenied
         );
         assert_eq!(
-            auth.check(&headers("nope"), Role::Admin).unwrap_err().code,
+            auth.check(&headers("nope"), Permission::Admin)
+                .unwrap_err()
+                .code,
             ErrorCode::PermissionDenied
         );
-        assert!(auth.check(&headers("adm"), Role::Admin).is_ok());
+        assert!(auth.check(&headers("adm"), Permission::Admin).is_ok());
     }
 
     #[test]

@@ -26,18 +26,12 @@ use riffle_datasets::model::{
     Scope, Topic, Version,
 };
 use riffle_datasets::service::{Answer, CreateTopic, PublishRequest};
-use riffle_datasets::{DatasetError, DatasetService};
+use riffle_datasets::DatasetService;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
-
-impl From<DatasetError> for ApiError {
-    fn from(e: DatasetError) -> Self {
-        ApiError::new(e.code, e.message)
-    }
-}
 
 /// What the dataset routers need once the service is up.
 pub struct DatasetsState {

@@ -3,9 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use riffle_core::ErrorCode;
-use riffle_ingest::IngestError;
-use riffle_log::BusError;
+use riffle_core::{ErrorCode, HasCode};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -32,22 +30,14 @@ impl ApiError {
     }
 }
 
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
-        ApiError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<IngestError> for ApiError {
-    fn from(e: IngestError) -> Self {
-        let retry_after_secs = match &e {
-            IngestError::Backpressure { retry_after } => Some(retry_after.as_secs().max(1)),
-            _ => None,
-        };
+/// Every crate's error converts the same way: its code, its message, and
+/// the retry hint it knows (as Quickwit's `ServiceError`).
+impl<E: HasCode> From<E> for ApiError {
+    fn from(e: E) -> Self {
         ApiError {
             code: e.code(),
             message: e.to_string(),
-            retry_after_secs,
+            retry_after_secs: e.retry_after().map(|d| d.as_secs().max(1)),
         }
     }
 }

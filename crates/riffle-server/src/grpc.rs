@@ -8,7 +8,7 @@ use riffle_core::event::{parse_event, Event, EventBody, EventError, EventType, P
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::Role;
+use crate::auth::Permission;
 use crate::proto::ingest_server::Ingest;
 use crate::proto::{self, event, PublishRequest, PublishResponse, Rejection};
 use crate::state::Services;
@@ -174,7 +174,9 @@ impl Ingest for IngestService {
                 "this process does not run the ingest role (server.roles)",
             ));
         }
-        services.auth.check_grpc(request.metadata(), Role::Ingest)?;
+        services
+            .auth
+            .check_grpc(request.metadata(), Permission::Ingest)?;
         let mut stream = request.into_inner();
         let mut response = PublishResponse::default();
         let mut base_index: u64 = 0;

@@ -18,7 +18,7 @@ use riffle_log::{RecordBatch, StartPosition, TopicConfig, TopicPartition};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Role;
+use crate::auth::Permission;
 use crate::error::ApiError;
 use crate::state::{AppState, Services};
 
@@ -139,7 +139,7 @@ async fn post_events(
 ) -> Result<Json<Value>, ApiError> {
     state.require_role(riffle_core::config::Role::Ingest)?;
     let services = state.services()?;
-    services.auth.check(&headers, Role::Ingest)?;
+    services.auth.check(&headers, Permission::Ingest)?;
     let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -160,7 +160,7 @@ async fn list_topics(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     let topics = services.bus.list_topics().await?;
     Ok(Json(
         json!({"topics": topics.iter().map(topic_json).collect::<Vec<_>>()}),
@@ -193,7 +193,7 @@ async fn create_topic(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Admin)?;
+    services.auth.check(&headers, Permission::Admin)?;
     let body = request_body(&state, body)?;
     let request: CreateTopic = parse_json_body(&body)?;
     let defaults = &services.log_defaults;
@@ -305,7 +305,7 @@ async fn describe_topic(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     let description = services.bus.describe_topic(&topic).await?;
     let mut out = topic_json(&description.metadata);
     out["partitions"] = json!(description
@@ -328,7 +328,7 @@ async fn delete_topic(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Admin)?;
+    services.auth.check(&headers, Permission::Admin)?;
     services.bus.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -411,7 +411,7 @@ async fn read_records(
     headers: HeaderMap,
 ) -> Result<Json<RecordsOut>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     let partition = u32::try_from(parse_u64_param("partition", &partition)?)
         .map_err(|_| ApiError::bad_request(format!("partition: {partition} is out of range")))?;
     let max = match &query.max {
@@ -521,7 +521,7 @@ async fn produce_records(
 ) -> Result<Json<Value>, ApiError> {
     state.require_role(riffle_core::config::Role::Ingest)?;
     let services = state.services()?;
-    services.auth.check(&headers, Role::Ingest)?;
+    services.auth.check(&headers, Permission::Ingest)?;
     let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
     let request: ProduceBody = parse_json_body(&body)?;
     if request.records.len() > services.ingestor.config().max_events_per_request {
@@ -602,7 +602,7 @@ async fn topic_offsets(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     let at = match (&query.timestamp, query.position.as_deref()) {
         (Some(ts), None) => StartPosition::Timestamp(
             riffle_core::time::parse_time_arg(ts)
@@ -635,7 +635,7 @@ async fn list_groups(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     Ok(Json(json!({"groups": services.bus.list_groups().await?})))
 }
 
@@ -652,7 +652,7 @@ async fn group_offsets(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     services.bus.partition_count(&query.topic).await?;
     let committed = services.bus.committed_offsets(&group, &query.topic).await?;
     let offsets: BTreeMap<String, u64> = committed
@@ -678,7 +678,7 @@ async fn commit_group_offsets(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let services = state.services()?;
-    services.auth.check(&headers, Role::Read)?;
+    services.auth.check(&headers, Permission::Read)?;
     let body = request_body(&state, body)?;
     let request: CommitBody = parse_json_body(&body)?;
     let mut offsets = Vec::with_capacity(request.offsets.len());

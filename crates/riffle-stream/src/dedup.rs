@@ -420,6 +420,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riffle_core::HasCode;
 
     fn dedup() -> Deduplicator {
         Deduplicator::new(

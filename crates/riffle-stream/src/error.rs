@@ -1,6 +1,6 @@
 //! Errors of the stream engine, each mapped to one [`ErrorCode`].
 
-use riffle_core::ErrorCode;
+use riffle_core::{ErrorCode, HasCode};
 
 pub type Result<T, E = StreamError> = std::result::Result<T, E>;
 
@@ -45,8 +45,10 @@ impl StreamError {
             reason: reason.into(),
         }
     }
+}
 
-    pub fn code(&self) -> ErrorCode {
+impl HasCode for StreamError {
+    fn code(&self) -> ErrorCode {
         match self {
             StreamError::InvalidConfig { .. } => ErrorCode::InvalidArgument,
             StreamError::CorruptSnapshot { .. } => ErrorCode::DataLoss,
@@ -56,9 +58,5 @@ impl StreamError {
             StreamError::Topic { .. } => ErrorCode::FailedPrecondition,
             StreamError::Bus(error) => error.code(),
         }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.code().is_retryable()
     }
 }

@@ -326,6 +326,7 @@ impl SessionWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riffle_core::HasCode;
 
     fn windows(spec: WindowSpec, ts: i64) -> Vec<(i64, i64)> {
         WindowAssigner::new(spec)

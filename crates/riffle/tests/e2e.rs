@@ -373,7 +373,7 @@ async fn auth_admin_token_and_topic_commands() {
     assert!(!out.status.success(), "delete with a wrong token succeeded");
     assert!(
         out.stderr
-            .contains("authorization: token does not grant the admin role"),
+            .contains("authorization: token does not grant the admin permission"),
         "stderr: {}",
         out.stderr
     );
