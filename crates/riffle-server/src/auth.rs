@@ -14,6 +14,7 @@ use riffle_core::ErrorCode;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::rest::extract::bearer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
@@ -85,23 +86,12 @@ impl Auth {
         if open {
             return Ok(());
         }
-        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        let Some(token) = bearer(headers)? else {
             return Err(ApiError::new(
                 ErrorCode::Unauthenticated,
                 "authorization: missing bearer token",
             ));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "authorization: expected \"Bearer <token>\"",
-                )
-            })?;
         if self.allows(token, permission) {
             Ok(())
         } else {

@@ -2,14 +2,11 @@
 //! path, with auth, metrics and health. Domain crates never depend on this
 //! crate; it composes them.
 
-mod ads;
 mod auth;
-pub mod datasets;
 pub mod error;
 pub mod grpc;
-mod grpc_datasets;
-pub mod http;
 pub mod metrics;
+pub mod rest;
 pub mod state;
 
 pub mod proto {
@@ -41,6 +38,108 @@ pub struct BoundAddrs {
     pub datasets_publish: Option<SocketAddr>,
     /// With role `datasets-consume`.
     pub datasets_consume: Option<SocketAddr>,
+}
+
+/// The server's TLS material (`server.tls`): the HTTP listener's config
+/// and the PEM certificate and key for gRPC; `None` without TLS.
+async fn load_tls(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<axum_server::tls_rustls::RustlsConfig>,
+    Option<(Vec<u8>, Vec<u8>)>,
+)> {
+    if !config.server.tls.enabled {
+        return Ok((None, None));
+    }
+    let tls = &config.server.tls;
+    let cert = std::fs::read(&tls.cert_path).with_context(|| {
+        format!(
+            "server.tls.cert_path: cannot read {}",
+            tls.cert_path.display()
+        )
+    })?;
+    let key = std::fs::read(&tls.key_path).with_context(|| {
+        format!(
+            "server.tls.key_path: cannot read {}",
+            tls.key_path.display()
+        )
+    })?;
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.clone(), key.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "server.tls: {} / {} is not a valid PEM certificate and key",
+                tls.cert_path.display(),
+                tls.key_path.display()
+            )
+        })?;
+    Ok((Some(rustls), Some((cert, key))))
+}
+
+/// The sockets `serve` listens on, bound before anything is started.
+struct Listeners {
+    http: std::net::TcpListener,
+    grpc: tokio::net::TcpListener,
+    datasets_publish: Option<std::net::TcpListener>,
+    datasets_consume: Option<std::net::TcpListener>,
+    bound: BoundAddrs,
+}
+
+/// Binds every listener of the roles this process runs; an address in use
+/// names its config key.
+async fn bind_listeners(config: &Config) -> anyhow::Result<Listeners> {
+    let http_listener =
+        std::net::TcpListener::bind(&config.server.http_addr).with_context(|| {
+            format!(
+                "server.http_addr: cannot listen on {}",
+                config.server.http_addr
+            )
+        })?;
+    http_listener.set_nonblocking(true)?;
+    let grpc_listener = tokio::net::TcpListener::bind(&config.server.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "server.grpc_addr: cannot listen on {}",
+                config.server.grpc_addr
+            )
+        })?;
+    let roles = &config.server.roles;
+    let publish_listener = if roles.contains(&Role::DatasetsPublish) {
+        Some(bind_std(
+            &config.datasets.publish_addr,
+            "datasets.publish_addr",
+        )?)
+    } else {
+        None
+    };
+    let consume_listener = if roles.contains(&Role::DatasetsConsume) {
+        Some(bind_std(
+            &config.datasets.consume_addr,
+            "datasets.consume_addr",
+        )?)
+    } else {
+        None
+    };
+    let bound = BoundAddrs {
+        http: http_listener.local_addr()?,
+        grpc: grpc_listener.local_addr()?,
+        datasets_publish: publish_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
+        datasets_consume: consume_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
+    };
+    Ok(Listeners {
+        http: http_listener,
+        grpc: grpc_listener,
+        datasets_publish: publish_listener,
+        datasets_consume: consume_listener,
+        bound,
+    })
 }
 
 /// Binds a listener of `key` (a config key, for the error message).
@@ -115,79 +214,15 @@ pub async fn serve(
 
     // Load TLS material before anything listens, so a bad certificate stops
     // startup instead of leaving a server that never answers.
-    let (http_tls, tls_identity) = if config.server.tls.enabled {
-        let tls = &config.server.tls;
-        let cert = std::fs::read(&tls.cert_path).with_context(|| {
-            format!(
-                "server.tls.cert_path: cannot read {}",
-                tls.cert_path.display()
-            )
-        })?;
-        let key = std::fs::read(&tls.key_path).with_context(|| {
-            format!(
-                "server.tls.key_path: cannot read {}",
-                tls.key_path.display()
-            )
-        })?;
-        let rustls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.clone(), key.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "server.tls: {} / {} is not a valid PEM certificate and key",
-                    tls.cert_path.display(),
-                    tls.key_path.display()
-                )
-            })?;
-        (Some(rustls), Some((cert, key)))
-    } else {
-        (None, None)
-    };
-
-    let http_listener =
-        std::net::TcpListener::bind(&config.server.http_addr).with_context(|| {
-            format!(
-                "server.http_addr: cannot listen on {}",
-                config.server.http_addr
-            )
-        })?;
-    http_listener.set_nonblocking(true)?;
-    let grpc_listener = tokio::net::TcpListener::bind(&config.server.grpc_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "server.grpc_addr: cannot listen on {}",
-                config.server.grpc_addr
-            )
-        })?;
+    let (http_tls, tls_identity) = load_tls(&config).await?;
+    let Listeners {
+        http: http_listener,
+        grpc: grpc_listener,
+        datasets_publish: publish_listener,
+        datasets_consume: consume_listener,
+        bound,
+    } = bind_listeners(&config).await?;
     let roles = &config.server.roles;
-    let publish_listener = if roles.contains(&Role::DatasetsPublish) {
-        Some(bind_std(
-            &config.datasets.publish_addr,
-            "datasets.publish_addr",
-        )?)
-    } else {
-        None
-    };
-    let consume_listener = if roles.contains(&Role::DatasetsConsume) {
-        Some(bind_std(
-            &config.datasets.consume_addr,
-            "datasets.consume_addr",
-        )?)
-    } else {
-        None
-    };
-    let bound = BoundAddrs {
-        http: http_listener.local_addr()?,
-        grpc: grpc_listener.local_addr()?,
-        datasets_publish: publish_listener
-            .as_ref()
-            .map(|l| l.local_addr())
-            .transpose()?,
-        datasets_consume: consume_listener
-            .as_ref()
-            .map(|l| l.local_addr())
-            .transpose()?,
-    };
     on_bound(bound);
     let show = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
     info!(
@@ -234,7 +269,7 @@ pub async fn serve(
         .await?;
         let _ = datasets_tx.send(Some(state));
         datasets_tasks = tasks;
-        let app = datasets::DatasetsApp {
+        let app = rest::datasets::DatasetsApp {
             state: datasets_rx.clone(),
         };
         if let Some(listener) = publish_listener {
@@ -242,7 +277,7 @@ pub async fn serve(
                 "ds-publish",
                 config.datasets.publish_workers,
                 listener,
-                datasets::publish_router(app.clone()),
+                rest::datasets::publish_router(app.clone()),
                 http_tls.clone(),
                 stop_rx.clone(),
                 grace,
@@ -253,7 +288,7 @@ pub async fn serve(
                 "ds-consume",
                 config.datasets.consume_workers,
                 listener,
-                datasets::consume_router(app),
+                rest::datasets::consume_router(app),
                 http_tls.clone(),
                 stop_rx.clone(),
                 grace,
@@ -294,7 +329,7 @@ pub async fn serve(
         config: config.clone(),
         services: services_rx.clone(),
     };
-    let router = http::router(state);
+    let router = rest::router(state);
 
     let http_task = {
         let mut stop = stop_rx.clone();
@@ -333,7 +368,7 @@ pub async fn serve(
             ingest_role: roles.contains(&Role::Ingest),
         };
         let datasets_service =
-            grpc_datasets::server(datasets_rx.clone(), roles.contains(&Role::DatasetsPublish));
+            grpc::datasets::server(datasets_rx.clone(), roles.contains(&Role::DatasetsPublish));
         let tls_identity = tls_identity.clone();
         let max_message = config.ingest.max_body_bytes;
         tokio::spawn(async move {
@@ -587,7 +622,7 @@ async fn start_datasets(
     publish_role: bool,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(
-    Arc<datasets::DatasetsState>,
+    Arc<rest::datasets::DatasetsState>,
     Vec<tokio::task::JoinHandle<()>>,
 )> {
     let ds = &config.datasets;
@@ -636,5 +671,8 @@ async fn start_datasets(
     );
     let policy =
         riffle_datasets::access::AccessPolicy::new(admin_token, config.datasets.tokens.clone());
-    Ok((Arc::new(datasets::DatasetsState { service, policy }), tasks))
+    Ok((
+        Arc::new(rest::datasets::DatasetsState { service, policy }),
+        tasks,
+    ))
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use riffle_ads::query::{
     self, CountAnswer, CountParams, PopularAnswer, PopularParams, QueryContext,
 };
@@ -17,9 +18,21 @@ use serde_json::{json, Value};
 
 use crate::auth::Permission;
 use crate::error::ApiError;
-use crate::http::ApiQuery;
 use crate::metrics::ADS_QUERY_SECONDS;
+use crate::rest::extract::ApiQuery;
 use crate::state::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/ads/filters", get(filters))
+        .route("/v1/ads/popular_ads", get(popular_ads))
+        .route("/v1/ads/{ad_id}/aggregated_count", get(aggregated_count))
+        .route("/v1/ads/reconcile", post(reconcile))
+        .route("/v1/ads/recalc", post(start_recalc))
+        .route("/v1/ads/archive", post(archive))
+        .route("/v1/ads/recalc/{id}", get(recalc_status))
+        .route("/v1/pipelines", get(pipelines))
+}
 
 fn pipeline(state: &AppState, headers: &HeaderMap) -> Result<Arc<AdsPipeline>, ApiError> {
     // Queries read the aggregate store, which only the serve role keeps.

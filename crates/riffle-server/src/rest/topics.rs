@@ -1,36 +1,28 @@
-//! The REST surface (`/v1/...`), health and metrics.
+//! The log API for clients in any language: topics, records, consumer
+//! group offsets.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use riffle_core::event::Event;
 use riffle_core::ErrorCode;
-use riffle_ingest::BodyFormat;
 use riffle_log::{RecordBatch, StartPosition, TopicConfig, TopicPartition};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Permission;
 use crate::error::ApiError;
-use crate::state::{AppState, Services};
+use crate::rest::extract::{parse_json_body, read_admitted_body, request_body, ApiQuery};
+use crate::state::AppState;
 
-pub fn router(state: AppState) -> Router {
-    // The ingest limit is enforced by the ingestor (with a precise message);
-    // the transport limit only stops absurd bodies early.
-    let body_limit = state.config.ingest.max_body_bytes.saturating_add(1);
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/events", post(post_events))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route(
             "/v1/topics/{topic}",
@@ -43,116 +35,10 @@ pub fn router(state: AppState) -> Router {
             get(read_records),
         )
         .route("/v1/groups", get(list_groups))
-        .route("/v1/ads/filters", get(crate::ads::filters))
-        .route("/v1/ads/popular_ads", get(crate::ads::popular_ads))
-        .route(
-            "/v1/ads/{ad_id}/aggregated_count",
-            get(crate::ads::aggregated_count),
-        )
-        .route("/v1/ads/reconcile", post(crate::ads::reconcile))
-        .route("/v1/ads/recalc", post(crate::ads::start_recalc))
-        .route("/v1/ads/archive", post(crate::ads::archive))
-        .route("/v1/ads/recalc/{id}", get(crate::ads::recalc_status))
-        .route("/v1/pipelines", get(crate::ads::pipelines))
         .route(
             "/v1/groups/{group}/offsets",
             get(group_offsets).post(commit_group_offsets),
         )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        "method not allowed on this endpoint",
-    )
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    let core = state.config.server.roles.iter().any(|r| {
-        matches!(
-            r,
-            riffle_core::config::Role::Ingest
-                | riffle_core::config::Role::Process
-                | riffle_core::config::Role::Serve
-        )
-    });
-    if !core {
-        return (StatusCode::OK, "ready (datasets only)\n").into_response();
-    }
-    match state.services() {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "log recovery in progress\n",
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(services) = state.services() {
-        crate::metrics::refresh(&services);
-    }
-    metrics_text().await
-}
-
-/// The process-wide registry in the Prometheus text format.
-pub(crate) async fn metrics_text() -> Response {
-    let mut out = String::new();
-    let encoder = prometheus::TextEncoder::new();
-    if let Err(e) = encoder.encode_utf8(&prometheus::gather(), &mut out) {
-        return ApiError::new(ErrorCode::Internal, format!("metrics: {e}")).into_response();
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    topic: Option<String>,
-}
-
-async fn post_events(
-    State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<EventsQuery>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<Json<Value>, ApiError> {
-    state.require_role(riffle_core::config::Role::Ingest)?;
-    let services = state.services()?;
-    services.auth.check(&headers, Permission::Ingest)?;
-    let (body, _permit) = read_admitted_body(&state, &services, &headers, body).await?;
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let format = BodyFormat::detect(content_type, &body);
-    let outcome = services
-        .ingestor
-        .ingest_admitted(&body, format, query.topic.as_deref())
-        .await?;
-    Ok(Json(json!({
-        "accepted": outcome.accepted,
-        "rejected": outcome.rejected,
-    })))
 }
 
 async fn list_topics(
@@ -205,98 +91,6 @@ async fn create_topic(
     };
     let created = services.bus.create_topic(&request.name, config).await?;
     Ok((StatusCode::CREATED, Json(topic_json(&created))))
-}
-
-/// The request body, or an API error in the usual JSON shape when axum
-/// refused it (above all the transport size limit, which would otherwise
-/// answer 413 with a plain-text body).
-/// Reads a write request's body only after auth, and only within the
-/// in-flight budget: the budget is reserved from `Content-Length` (or the
-/// maximum body size when the length is not declared) before a byte is
-/// buffered, so slow or concurrent uploads cannot grow memory past it.
-async fn read_admitted_body(
-    state: &AppState,
-    services: &Services,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<(Bytes, riffle_ingest::ingest::InflightPermit), ApiError> {
-    let max = state.config.ingest.max_body_bytes;
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(len) = declared.filter(|len| *len > max) {
-        // Discard (not buffer) a moderately oversized body before answering,
-        // so clients that write the whole body first still read the 413
-        // instead of a reset connection.
-        if len <= max.saturating_mul(2) {
-            use http_body_util::BodyExt;
-            let mut body = body;
-            while let Some(Ok(_frame)) = body.frame().await {}
-        }
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("body: {len} bytes exceeds the limit of {max} bytes"),
-        ));
-    }
-    let permit = services.ingestor.admit(declared.unwrap_or(max))?;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("body: exceeds the limit of {max} bytes"),
-            )
-        } else {
-            ApiError::bad_request(format!("body: {e}"))
-        }
-    })?;
-    Ok((bytes, permit))
-}
-
-fn request_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "body: exceeds the limit of {} bytes",
-                    state.config.ingest.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("body: {}", e.body_text()))
-        }
-    })
-}
-
-/// `Query` whose rejection (unknown or malformed parameters) is an API
-/// error in the usual JSON shape rather than axum's plain-text 400.
-pub(crate) struct ApiQuery<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
-    for ApiQuery<T>
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(query)) => Ok(ApiQuery(query)),
-            Err(e) => {
-                let detail = std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.body_text());
-                Err(ApiError::bad_request(format!("query string: {detail}")))
-            }
-        }
-    }
-}
-
-fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
 async fn describe_topic(
@@ -695,31 +489,4 @@ async fn commit_group_offsets(
     }
     services.bus.commit_offsets(&group, &offsets).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-impl AppState {
-    pub fn services(&self) -> Result<Arc<Services>, ApiError> {
-        self.services
-            .borrow()
-            .clone()
-            .ok_or_else(|| ApiError::unavailable("the log is still recovering; retry shortly"))
-    }
-
-    /// Refuses a request that needs a role this process does not run
-    /// (`server.roles`): 503 so a load balancer routes it elsewhere.
-    pub fn require_role(&self, role: riffle_core::config::Role) -> Result<(), ApiError> {
-        if self.config.server.roles.contains(&role) {
-            return Ok(());
-        }
-        Err(ApiError::unavailable(format!(
-            "this process does not run the {} role (server.roles = {:?})",
-            role.as_str(),
-            self.config
-                .server
-                .roles
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-        )))
-    }
 }

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::rest::extract::bearer;
 
 /// What the dataset routers need once the service is up.
 pub struct DatasetsState {
@@ -81,7 +82,7 @@ pub fn publish_router(app: DatasetsApp) -> Router {
             get(rollout_status).post(control_rollout),
         )
         .route("/v1/datasets/topics/{topic}/audit", get(audit))
-        .fallback(not_found)
+        .fallback(super::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .with_state(app)
@@ -93,7 +94,7 @@ pub fn consume_router(app: DatasetsApp) -> Router {
         .route("/v1/datasets/topics", get(list_topics))
         .route("/v1/datasets/topics/{topic}", get(describe_topic))
         .route("/v1/datasets/topics/{topic}/versions", get(list_versions))
-        .fallback(not_found)
+        .fallback(super::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
@@ -102,7 +103,7 @@ fn read_routes() -> Router<DatasetsApp> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::http::metrics_text))
+        .route("/metrics", get(crate::rest::ops::metrics_text))
         .route("/v1/datasets/topics/{topic}/latest", get(latest))
         .route(
             "/v1/datasets/topics/{topic}/versions/{version}",
@@ -112,10 +113,6 @@ fn read_routes() -> Router<DatasetsApp> {
             "/v1/datasets/topics/{topic}/versions/{version}/data",
             get(get_data),
         )
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -134,23 +131,6 @@ async fn readyz(State(app): State<DatasetsApp>) -> Response {
         )
             .into_response(),
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Some(t.trim()))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthenticated,
-                "authorization: expected \"Bearer <token>\"",
-            )
-        })
 }
 
 /// Checks the caller's token for `permission` on `topic`; returns the

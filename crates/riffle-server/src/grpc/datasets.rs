@@ -1,7 +1,7 @@
 //! gRPC dataset pub/sub (`riffle.v1.Datasets`, proto/riffle/v1/datasets.proto)
 //! on the main gRPC port. Every method is the twin of a REST endpoint in
-//! [`crate::datasets`] and goes through the same service calls, the same
-//! [`crate::datasets::authorize`] (bearer token from the `authorization`
+//! [`crate::rest::datasets`] and goes through the same service calls, the same
+//! [`crate::rest::datasets::authorize`] (bearer token from the `authorization`
 //! metadata) and the same validation; errors carry the status of their
 //! [`riffle_core::ErrorCode`]. Publish streams the payload into the service
 //! chunk by chunk, and GetData streams it out, so neither holds a whole
@@ -25,13 +25,13 @@ use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::datasets::{authorize, metadata_map, DatasetsState};
 use crate::error::ApiError;
 use crate::proto::datasets_server::{Datasets, DatasetsServer};
 use crate::proto::{
     self, CreateTopicRequest, DataChunk, GetDataRequest, GetVersionRequest, LatestRequest,
     LatestResponse, PinInfo, PinRequest, PublishChunk, UnpinRequest, UnpinResponse, VersionInfo,
 };
+use crate::rest::datasets::{authorize, metadata_map, DatasetsState};
 
 /// Largest message a client may send. Publish chunks are meant to be far
 /// smaller (the payload streams through); this only bounds one message.
