@@ -51,6 +51,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use riffle_core::codec::Reader;
 use riffle_core::config::{AdsConfig, ConfigError};
 use riffle_core::event::{Event, EventBody, ParseLimits};
 use riffle_stream::dedup::{DedupConfig, Deduplicator, Verdict};
@@ -491,33 +492,35 @@ impl AdClickOperator {
     }
 
     fn decode_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let mut r = Reader { bytes, pos: 0 };
-        if r.take(4)? != MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.array::<4>("magic")? != *MAGIC {
             return Err("bad magic".into());
         }
-        let version = r.u32()?;
+        let version = r.u32("version")?;
         if version != STATE_VERSION {
             return Err(format!("unsupported state version {version}"));
         }
-        let max_event_time = r.i64()?;
+        let max_event_time = r.i64("max_event_time")?;
         self.max_event_time = (max_event_time != i64::MIN).then_some(max_event_time);
-        self.late = r.u64()?;
-        self.duplicates = r.u64()?;
-        self.rejected = r.u64()?;
-        let stored_slots = r.u16()? as usize;
+        self.late = r.u64("late")?;
+        self.duplicates = r.u64("duplicates")?;
+        self.rejected = r.u64("rejected")?;
+        let stored_slots = r.u16("slots")? as usize;
         let mut slot_map = Vec::with_capacity(stored_slots);
         for _ in 0..stored_slots {
-            let filter_id = r.u32()?;
+            let filter_id = r.u32("slot filter_id")?;
             slot_map.push(self.spec.filters.slot_of(filter_id));
         }
-        let stored_popular = r.u16()? as usize;
+        let stored_popular = r.u16("popular")? as usize;
         let mut popular_map = Vec::with_capacity(stored_popular);
         for _ in 0..stored_popular {
-            let key = (r.u32()?, r.u32()?);
+            let window_minutes = r.u32("popular window_minutes")?;
+            let filter_id = r.u32("popular filter_id")?;
+            let key = (window_minutes, filter_id);
             popular_map.push(self.spec.popular.iter().position(|p| *p == key));
         }
-        let dedup_len = r.u64()? as usize;
-        let dedup = r.take(dedup_len)?;
+        let dedup_len = r.u64("dedup_len")?;
+        let dedup = r.bytes(dedup_len, "dedup snapshot")?;
         self.dedup = Deduplicator::restore(
             self.spec.dedup,
             self.spec.lateness.allowed_lateness_ms,
@@ -525,15 +528,15 @@ impl AdClickOperator {
         )
         .map_err(|e| e.to_string())?;
         let slots = self.spec.filters.slots();
-        let minutes = r.u32()?;
+        let minutes = r.u32("minutes")?;
         for _ in 0..minutes {
-            let minute = r.i64()?;
+            let minute = r.i64("minute")?;
             let mut counts = MinuteCounts::default();
             for target in &slot_map {
-                let n = r.u32()?;
+                let n = r.u32("minute ads")?;
                 for _ in 0..n {
-                    let name = r.str()?;
-                    let count = r.u32()?;
+                    let name = r.str_u16("ad id")?;
+                    let count = r.u32("count")?;
                     if let Some(slot) = target {
                         let ad = self.dict.intern(name);
                         let row = counts.row(ad, slots);
@@ -545,14 +548,14 @@ impl AdClickOperator {
         }
         let limit = self.spec.top_n as usize;
         for target in &popular_map {
-            let windows = r.u32()?;
+            let windows = r.u32("windows")?;
             for _ in 0..windows {
-                let end = r.i64()?;
-                let n = r.u32()?;
+                let end = r.i64("window end")?;
+                let n = r.u32("window ads")?;
                 let mut window = TopWindow::default();
                 for _ in 0..n {
-                    let name = r.str()?;
-                    let sum = r.u64()?;
+                    let name = r.str_u16("ad id")?;
+                    let sum = r.u64("sum")?;
                     if target.is_some() {
                         let ad = self.dict.intern(name);
                         window.sums.insert(
@@ -570,44 +573,10 @@ impl AdClickOperator {
                 }
             }
         }
-        if r.pos != bytes.len() {
-            return Err(format!("{} trailing bytes", bytes.len() - r.pos));
+        if !r.is_empty() {
+            return Err(format!("{} trailing bytes", r.remaining()));
         }
         Ok(())
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| format!("truncated at byte {}", self.pos))?;
-        let slice = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(slice)
-    }
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn str(&mut self) -> Result<&'a str, String> {
-        let len = self.u16()? as usize;
-        std::str::from_utf8(self.take(len)?).map_err(|e| format!("ad id: {e}"))
     }
 }
 

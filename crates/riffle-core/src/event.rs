@@ -50,6 +50,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{ReadError, Reader};
 use crate::time::{format_rfc3339_ms, format_rfc3339_ms_buf, parse_rfc3339_ms, quoted, Clock};
 
 /// Binary format byte written first by [`Event::encode`].
@@ -477,23 +478,25 @@ impl<'a> Event<'a> {
     /// Reads one event written by [`Event::encode`], borrowing its strings
     /// from `bytes`.
     pub fn decode(bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
-        let mut reader = Reader { bytes, pos: 0 };
-        let format = reader.byte("format")?;
+        let mut reader = Reader::new(bytes);
+        let format = read_byte(&mut reader, "format")?;
         if format != BINARY_FORMAT_V1 {
             return Err(DecodeError::UnsupportedFormat(format));
         }
-        let tag = reader.byte("event_type")?;
+        let tag = read_byte(&mut reader, "event_type")?;
         let event_type = EventType::from_tag(tag).ok_or(DecodeError::UnknownTag(tag))?;
         let event_version = FieldValue::decode(&mut reader, "event_version")?;
-        let event_time = unzigzag(reader.varint("event_time")?);
-        let event_id = match reader.varint("event_id")? {
+        let event_time = unzigzag(read_varint(&mut reader, "event_time")?);
+        let event_id = match read_varint(&mut reader, "event_id")? {
             0 => None,
-            len_plus_one => Some(Cow::Borrowed(
-                reader.str_of_len(len_plus_one - 1, "event_id")?,
-            )),
+            len_plus_one => Some(Cow::Borrowed(read_str(
+                &mut reader,
+                len_plus_one - 1,
+                "event_id",
+            )?)),
         };
         let body = EventBody::decode_fields(event_type, &mut reader)?;
-        let trailing = bytes.len() - reader.pos;
+        let trailing = reader.remaining();
         if trailing != 0 {
             return Err(DecodeError::TrailingBytes(trailing));
         }
@@ -1135,53 +1138,49 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+/// The record's fields name themselves in [`ReadError`]; the decoder's
+/// errors carry that name.
+fn decode_error(error: ReadError) -> DecodeError {
+    match error {
+        ReadError::Truncated { what, .. } => DecodeError::Truncated(what),
+        ReadError::InvalidUtf8 { what, .. } => DecodeError::InvalidUtf8(what),
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn byte(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        let byte = *self
-            .bytes
-            .get(self.pos)
-            .ok_or(DecodeError::Truncated(field))?;
-        self.pos += 1;
-        Ok(byte)
-    }
+fn read_byte(reader: &mut Reader<'_>, field: &'static str) -> Result<u8, DecodeError> {
+    reader.u8(field).map_err(decode_error)
+}
 
-    fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        let mut value = 0u64;
-        for index in 0..10 {
-            let byte = self.byte(field)?;
-            let group = u64::from(byte & 0x7f);
-            // The tenth byte may only carry the single remaining bit of a u64.
-            if index == 9 && byte > 1 {
+/// A minimal unsigned LEB128 varint (see the module docs). Kept here rather
+/// than in [`crate::codec`]: the canonical-form rules are this format's.
+fn read_varint(reader: &mut Reader<'_>, field: &'static str) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for index in 0..10 {
+        let byte = read_byte(reader, field)?;
+        let group = u64::from(byte & 0x7f);
+        // The tenth byte may only carry the single remaining bit of a u64.
+        if index == 9 && byte > 1 {
+            return Err(DecodeError::InvalidVarint(field));
+        }
+        value |= group << (7 * index);
+        if byte & 0x80 == 0 {
+            // A zero final group means the writer padded the number; only
+            // the minimal form is accepted so encoding stays canonical.
+            if byte == 0 && index > 0 {
                 return Err(DecodeError::InvalidVarint(field));
             }
-            value |= group << (7 * index);
-            if byte & 0x80 == 0 {
-                // A zero final group means the writer padded the number; only
-                // the minimal form is accepted so encoding stays canonical.
-                if byte == 0 && index > 0 {
-                    return Err(DecodeError::InvalidVarint(field));
-                }
-                return Ok(value);
-            }
+            return Ok(value);
         }
-        Err(DecodeError::InvalidVarint(field))
     }
+    Err(DecodeError::InvalidVarint(field))
+}
 
-    fn str_of_len(&mut self, len: u64, field: &'static str) -> Result<&'a str, DecodeError> {
-        let remaining = self.bytes.len() - self.pos;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&len| len <= remaining)
-            .ok_or(DecodeError::Truncated(field))?;
-        let bytes = &self.bytes[self.pos..self.pos + len];
-        self.pos += len;
-        std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8(field))
-    }
+fn read_str<'a>(
+    reader: &mut Reader<'a>,
+    len: u64,
+    field: &'static str,
+) -> Result<&'a str, DecodeError> {
+    reader.str(len, field).map_err(decode_error)
 }
 
 fn write_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -1233,8 +1232,8 @@ impl<'a> FieldValue<'a> for Cow<'a, str> {
     }
 
     fn decode(reader: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-        let len = reader.varint(field)?;
-        reader.str_of_len(len, field).map(Cow::Borrowed)
+        let len = read_varint(reader, field)?;
+        read_str(reader, len, field).map(Cow::Borrowed)
     }
 }
 
@@ -1258,7 +1257,7 @@ impl<'a> FieldValue<'a> for u64 {
     }
 
     fn decode(reader: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-        reader.varint(field)
+        read_varint(reader, field)
     }
 }
 
@@ -1282,7 +1281,7 @@ impl<'a> FieldValue<'a> for u32 {
     }
 
     fn decode(reader: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-        let value = reader.varint(field)?;
+        let value = read_varint(reader, field)?;
         u32::try_from(value).map_err(|_| DecodeError::OutOfRange { field, value })
     }
 }

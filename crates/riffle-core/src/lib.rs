@@ -1,6 +1,7 @@
 //! Riffle's shared vocabulary: the event envelope and its types, time and
 //! clocks, error codes that map to HTTP and gRPC statuses, and configuration.
 
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod event;

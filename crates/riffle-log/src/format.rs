@@ -26,6 +26,7 @@
 //! its records parse to exactly `count` records filling `length` bytes.
 
 use bytes::Bytes;
+use riffle_core::codec::{ReadError, Reader};
 
 pub const BATCH_HEADER_LEN: usize = 48;
 /// Bytes of the header that the CRC does not cover (base_offset, length, crc).
@@ -267,20 +268,10 @@ impl BatchHeader {
                 bytes.len()
             ));
         }
-        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
-        let header = BatchHeader {
-            base_offset: u64_at(0),
-            length: u32_at(8),
-            crc: u32_at(12),
-            attributes: bytes[17],
-            count: u32_at(20),
-            min_ts: u64_at(24) as i64,
-            max_ts: u64_at(32) as i64,
-            txn_seq: u64_at(40),
-        };
-        if bytes[16] != MAGIC {
-            return Err(format!("bad magic {}", bytes[16]));
+        let (header, magic) = Self::read(&mut Reader::new(&bytes[..BATCH_HEADER_LEN]))
+            .map_err(|e| format!("header {e}"))?;
+        if magic != MAGIC {
+            return Err(format!("bad magic {magic}"));
         }
         let total = header.total_len();
         if !(BATCH_HEADER_LEN..=MAX_BATCH_BYTES).contains(&total) {
@@ -290,6 +281,32 @@ impl BatchHeader {
             return Err("batch with zero records".into());
         }
         Ok(header)
+    }
+
+    /// Reads the fields in the order of the module docs; returns the magic
+    /// byte alongside for the caller to check.
+    fn read(r: &mut Reader<'_>) -> Result<(BatchHeader, u8), ReadError> {
+        let base_offset = r.u64("base_offset")?;
+        let length = r.u32("length")?;
+        let crc = r.u32("crc32c")?;
+        let magic = r.u8("magic")?;
+        let attributes = r.u8("attributes")?;
+        r.skip(2, "reserved")?;
+        let count = r.u32("count")?;
+        let min_ts = r.i64("min_ts")?;
+        let max_ts = r.i64("max_ts")?;
+        let txn_seq = r.u64("txn_seq")?;
+        let header = BatchHeader {
+            base_offset,
+            length,
+            crc,
+            attributes,
+            count,
+            min_ts,
+            max_ts,
+            txn_seq,
+        };
+        Ok((header, magic))
     }
 }
 
@@ -370,13 +387,13 @@ impl<'a> Iterator for HeaderIter<'a> {
         }
         self.remaining -= 1;
         // Framing was validated when the batch was read.
-        let klen = u16::from_le_bytes(self.data.get(0..2)?.try_into().ok()?) as usize;
-        let key = std::str::from_utf8(self.data.get(2..2 + klen)?).unwrap_or("");
-        let vstart = 2 + klen;
-        let vlen = u32::from_le_bytes(self.data.get(vstart..vstart + 4)?.try_into().ok()?) as usize;
-        let value = self.data.get(vstart + 4..vstart + 4 + vlen)?;
-        self.data = &self.data[vstart + 4 + vlen..];
-        Some((key, value))
+        let mut r = Reader::new(self.data);
+        let name_len = r.u16("header name length").ok()?;
+        let name = r.bytes(u64::from(name_len), "header name").ok()?;
+        let value_len = r.u32("header value length").ok()?;
+        let value = r.bytes(u64::from(value_len), "header value").ok()?;
+        self.data = &self.data[r.position()..];
+        Some((std::str::from_utf8(name).unwrap_or(""), value))
     }
 }
 
@@ -399,41 +416,36 @@ impl<'a> RecordIter<'a> {
 
     fn parse_one(&mut self) -> Result<RecordView<'a>, String> {
         let data = self.data;
-        let take = |pos: &mut usize, n: usize| -> Result<&'a [u8], String> {
-            let end = pos.checked_add(n).filter(|e| *e <= data.len());
-            match end {
-                Some(end) => {
-                    let slice = &data[*pos..end];
-                    *pos = end;
-                    Ok(slice)
-                }
-                None => Err(format!("record truncated at byte {}", *pos)),
-            }
-        };
-        let mut pos = self.pos;
-        let len = u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) as usize;
-        let end = pos
-            .checked_add(len)
+        let start = self.pos;
+        let truncated = |e: ReadError| format!("record at byte {start}: {e}");
+        let mut r = Reader::new(data);
+        r.skip(start as u64, "earlier records").map_err(truncated)?;
+        let len = r.u32("record length").map_err(truncated)?;
+        let end = r
+            .position()
+            .checked_add(len as usize)
             .filter(|e| *e <= data.len())
             .ok_or_else(|| format!("record length {len} overruns the batch"))?;
-        let timestamp = i64::from_le_bytes(take(&mut pos, 8)?.try_into().unwrap());
-        let key_len = i32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap());
+        let timestamp = r.i64("timestamp").map_err(truncated)?;
+        let key_len = r.i32("key length").map_err(truncated)?;
         let key = if key_len < 0 {
             None
         } else {
-            Some(take(&mut pos, key_len as usize)?)
+            Some(r.bytes(key_len as u64, "key").map_err(truncated)?)
         };
-        let value_len = u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) as usize;
-        let value = take(&mut pos, value_len)?;
-        let header_count = u16::from_le_bytes(take(&mut pos, 2)?.try_into().unwrap());
-        let headers_start = pos;
+        let value_len = r.u32("value length").map_err(truncated)?;
+        let value = r.bytes(u64::from(value_len), "value").map_err(truncated)?;
+        let header_count = r.u16("header count").map_err(truncated)?;
+        let headers_start = r.position();
         for _ in 0..header_count {
-            let klen = u16::from_le_bytes(take(&mut pos, 2)?.try_into().unwrap()) as usize;
-            take(&mut pos, klen)?;
-            let vlen = u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) as usize;
-            take(&mut pos, vlen)?;
+            let name_len = r.u16("header name length").map_err(truncated)?;
+            r.skip(u64::from(name_len), "header name")
+                .map_err(truncated)?;
+            let value_len = r.u32("header value length").map_err(truncated)?;
+            r.skip(u64::from(value_len), "header value")
+                .map_err(truncated)?;
         }
-        if pos != end {
+        if r.position() != end {
             return Err(format!("record length {len} does not match its fields"));
         }
         let view = RecordView {

@@ -40,6 +40,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use riffle_core::codec::Reader;
+
 use crate::error::{Result, StreamError};
 use crate::operator::CheckpointId;
 
@@ -159,61 +161,60 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
     if bytes.len() < HEADER_LEN + 4 {
         return Err(format!("{} bytes is shorter than a header", bytes.len()));
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let (body, crc) = bytes.split_last_chunk::<4>().expect("longer than a header");
+    let stored = u32::from_le_bytes(*crc);
     let computed = crc32c::crc32c(body);
     if stored != computed {
         return Err(format!(
             "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
         ));
     }
-    if &body[..4] != MAGIC {
+    let mut r = Reader::new(body);
+    if r.array::<4>("magic")? != *MAGIC {
         return Err("bad magic".into());
     }
-    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
-    let version = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
+    let version = r.u32("version")?;
     if version != 1 && version != FORMAT_VERSION {
         return Err(format!("unsupported version {version}"));
     }
-    let state_len = u64_at(32) as usize;
-    let state_end = HEADER_LEN
-        .checked_add(state_len)
-        .filter(|end| *end <= body.len())
-        .ok_or_else(|| {
-            format!(
-                "state length {state_len} does not fit the file ({} bytes after the header)",
-                body.len() - HEADER_LEN
-            )
-        })?;
+    let id = r.u64("id")?;
+    let input_offset = r.u64("input_offset")?;
+    let created_ms = r.i64("created_ms")?;
+    let state_len = r.u64("state_len")?;
+    let after_header = r.remaining();
+    let state = r.bytes(state_len, "state").map_err(|_| {
+        format!(
+            "state length {state_len} does not fit the file ({after_header} bytes after the header)"
+        )
+    })?;
     let mut repartition = RepartitionPosition::default();
     if version >= 2 {
-        let rest = &body[state_end..];
-        if rest.len() < 20 {
-            return Err(format!("repartition part truncated ({} bytes)", rest.len()));
+        let part_len = r.remaining();
+        if part_len < 20 {
+            return Err(format!("repartition part truncated ({part_len} bytes)"));
         }
-        let at = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
-        repartition.offset = at(0);
-        repartition.round = at(8);
-        let origins = u32::from_le_bytes(rest[16..20].try_into().expect("4 bytes")) as usize;
-        if rest.len() != 20 + origins * 8 {
+        repartition.offset = r.u64("rp_offset")?;
+        repartition.round = r.u64("rp_round")?;
+        let origins = r.u32("origins")? as usize;
+        if part_len != 20 + origins * 8 {
             return Err(format!(
-                "repartition part is {} bytes, {origins} origins need {}",
-                rest.len(),
+                "repartition part is {part_len} bytes, {origins} origins need {}",
                 20 + origins * 8
             ));
         }
-        repartition.origins = (0..origins).map(|i| at(20 + i * 8)).collect();
-    } else if body.len() != state_end {
+        repartition.origins = (0..origins)
+            .map(|_| r.u64("origin"))
+            .collect::<std::result::Result<_, _>>()?;
+    } else if !r.is_empty() {
         return Err(format!(
-            "state length {state_len} does not match the file ({} bytes of state)",
-            body.len() - HEADER_LEN
+            "state length {state_len} does not match the file ({after_header} bytes of state)"
         ));
     }
     Ok(TaskCheckpoint {
-        id: u64_at(8),
-        input_offset: u64_at(16),
-        created_ms: u64_at(24) as i64,
-        state: body[HEADER_LEN..state_end].to_vec(),
+        id,
+        input_offset,
+        created_ms,
+        state: state.to_vec(),
         repartition,
     })
 }

@@ -60,6 +60,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use riffle_core::codec::{ReadError, Reader};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StreamError};
@@ -341,16 +342,17 @@ impl Deduplicator {
                 "checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
             )));
         }
-        let mut reader = Reader { rest: body };
-        if reader.take::<4>().map_err(corrupt)? != *MAGIC {
+        let mut reader = Reader::new(body);
+        let truncated = |error: ReadError| corrupt(error.to_string());
+        if reader.array::<4>("magic").map_err(truncated)? != *MAGIC {
             return Err(corrupt("bad magic".to_owned()));
         }
-        let version = u32::from_le_bytes(reader.take().map_err(corrupt)?);
+        let version = reader.u32("version").map_err(truncated)?;
         if version != FORMAT_VERSION {
             return Err(corrupt(format!("unsupported format version {version}")));
         }
-        let seed = u64::from_le_bytes(reader.take().map_err(corrupt)?);
-        let bucket_ms = i64::from_le_bytes(reader.take().map_err(corrupt)?);
+        let seed = reader.u64("seed").map_err(truncated)?;
+        let bucket_ms = reader.i64("bucket_ms").map_err(truncated)?;
         let incompatible = |reason: String| StreamError::IncompatibleSnapshot {
             what: SNAPSHOT_WHAT,
             reason,
@@ -367,25 +369,25 @@ impl Deduplicator {
                 config.bucket_ms
             )));
         }
-        dedup.expiry = i64::from_le_bytes(reader.take().map_err(corrupt)?);
-        let bucket_count = u32::from_le_bytes(reader.take().map_err(corrupt)?);
+        dedup.expiry = reader.i64("expiry").map_err(truncated)?;
+        let bucket_count = reader.u32("buckets").map_err(truncated)?;
         let mut previous: Option<i64> = None;
         for _ in 0..bucket_count {
-            let index = i64::from_le_bytes(reader.take().map_err(corrupt)?);
+            let index = reader.i64("bucket index").map_err(truncated)?;
             if previous.is_some_and(|p| p >= index) {
                 return Err(corrupt(format!("bucket {index} out of order")));
             }
             previous = Some(index);
-            let count = u32::from_le_bytes(reader.take().map_err(corrupt)?) as usize;
-            if reader.rest.len() / 8 < count {
+            let count = reader.u32("bucket count").map_err(truncated)? as usize;
+            if reader.remaining() / 8 < count {
                 return Err(corrupt(format!(
                     "bucket {index} claims {count} ids, only {} bytes left",
-                    reader.rest.len()
+                    reader.remaining()
                 )));
             }
             let mut hashes = Vec::with_capacity(count);
             for _ in 0..count {
-                let hash = u64::from_le_bytes(reader.take().map_err(corrupt)?);
+                let hash = reader.u64("id hash").map_err(truncated)?;
                 if dedup.ids.insert(hash, index).is_some() {
                     return Err(corrupt(format!("id hash {hash:#x} held twice")));
                 }
@@ -393,27 +395,10 @@ impl Deduplicator {
             }
             dedup.buckets.insert(index, hashes);
         }
-        if !reader.rest.is_empty() {
-            return Err(corrupt(format!("{} trailing bytes", reader.rest.len())));
+        if !reader.is_empty() {
+            return Err(corrupt(format!("{} trailing bytes", reader.remaining())));
         }
         Ok(dedup)
-    }
-}
-
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
-        let Some((head, tail)) = self.rest.split_first_chunk::<N>() else {
-            return Err(format!(
-                "truncated: needed {N} more bytes, {} left",
-                self.rest.len()
-            ));
-        };
-        self.rest = tail;
-        Ok(*head)
     }
 }
 

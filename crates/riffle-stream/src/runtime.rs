@@ -76,6 +76,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use riffle_core::codec::Reader;
 use riffle_core::time::Clock;
 use riffle_log::{
     partition_for_key, Consumer, ConsumerConfig, EventBus, RecordBatch, RecordSet, RecordView,
@@ -355,20 +356,25 @@ impl Round {
 
     fn of(record: &RecordView<'_>) -> Option<Round> {
         let (_, value) = record.headers().find(|(name, _)| *name == ROUND_HEADER)?;
-        let at = |i: usize| Some(u64::from_le_bytes(value.get(i..i + 8)?.try_into().ok()?));
+        let mut r = Reader::new(value);
+        let incarnation = r.u64("incarnation").ok()?;
+        let seq = r.u64("seq").ok()?;
+        let input = r.u64("input").ok()?;
+        let repartition = r.u64("repartition").ok()?;
         Some(Round {
-            incarnation: at(0)?,
-            seq: at(8)?,
-            input: at(16)?,
-            repartition: at(24)?,
+            incarnation,
+            seq,
+            input,
+            repartition,
         })
     }
 }
 
 fn origin_of(record: &RecordView<'_>) -> Option<(u32, u64)> {
     let (_, value) = record.headers().find(|(name, _)| *name == ORIGIN_HEADER)?;
-    let partition = u32::from_le_bytes(value.get(0..4)?.try_into().ok()?);
-    let offset = u64::from_le_bytes(value.get(4..12)?.try_into().ok()?);
+    let mut r = Reader::new(value);
+    let partition = r.u32("partition").ok()?;
+    let offset = r.u64("offset").ok()?;
     Some((partition, offset))
 }
 

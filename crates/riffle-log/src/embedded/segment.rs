@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use riffle_core::codec::{ReadError, Reader};
 
 use crate::error::{BusError, Result};
 use crate::format::{validate_batch, BatchHeader, BATCH_HEADER_LEN, MAX_BATCH_BYTES};
@@ -33,12 +34,20 @@ impl IndexEntry {
         out
     }
 
+    /// `bytes` must hold a whole entry: callers pass exactly
+    /// [`INDEX_ENTRY_LEN`] bytes read from the index file.
     pub fn decode(bytes: &[u8]) -> IndexEntry {
-        IndexEntry {
-            rel_offset: u32::from_le_bytes(bytes[0..4].try_into().unwrap()),
-            position: u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
-            max_ts_before: i64::from_le_bytes(bytes[8..16].try_into().unwrap()),
-        }
+        let read = |r: &mut Reader<'_>| -> Result<IndexEntry, ReadError> {
+            let rel_offset = r.u32("rel_offset")?;
+            let position = r.u32("position")?;
+            let max_ts_before = r.i64("max_ts_before")?;
+            Ok(IndexEntry {
+                rel_offset,
+                position,
+                max_ts_before,
+            })
+        };
+        read(&mut Reader::new(bytes)).expect("an index entry is 16 bytes")
     }
 }
 
@@ -350,4 +359,70 @@ pub(crate) fn scan_segment(
         result.valid_len = pos;
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The closed segment of the log fixture that `tests/golden.rs` writes
+    /// and compares byte for byte (regenerated only with `RIFFLE_BLESS=1`).
+    const FIXTURE_LOG: &[u8] =
+        include_bytes!("../../tests/fixtures/segment/topics/golden/0/00000000000000000000.log");
+    const FIXTURE_INDEX: &[u8] =
+        include_bytes!("../../tests/fixtures/segment/topics/golden/0/00000000000000000000.index");
+    /// 2024-05-01T12:00:00.000Z, the fixture's time base.
+    const T0: i64 = 1_714_564_800_000;
+
+    /// The fixture's index decodes to the entries the module docs describe:
+    /// one per batch after the first (index interval 1 byte), then the
+    /// closing entry; each points at the batch it names, and a rescan of
+    /// the segment rebuilds exactly the same index.
+    #[test]
+    fn fixture_index_decodes_entry_by_entry() {
+        assert_eq!(FIXTURE_INDEX.len() % INDEX_ENTRY_LEN, 0);
+        let entries: Vec<IndexEntry> = FIXTURE_INDEX
+            .chunks(INDEX_ENTRY_LEN)
+            .map(IndexEntry::decode)
+            .collect();
+        let entry = |rel_offset, position, max_ts_before| IndexEntry {
+            rel_offset,
+            position,
+            max_ts_before,
+        };
+        assert_eq!(
+            entries,
+            vec![
+                entry(3, 188, T0 + 2_000),
+                entry(5, 324, T0 + 3_000),
+                entry(7, 1940, T0 + 4_500),
+                // Closing entry: segment end offset, size and max timestamp.
+                entry(8, 3515, T0 + 5_000),
+            ]
+        );
+        for (entry, bytes) in entries.iter().zip(FIXTURE_INDEX.chunks(INDEX_ENTRY_LEN)) {
+            assert_eq!(&entry.encode()[..], bytes);
+        }
+        let (closing, batches) = entries.split_last().unwrap();
+        for entry in batches {
+            let header = BatchHeader::parse(&FIXTURE_LOG[entry.position as usize..]).unwrap();
+            assert_eq!(header.base_offset, u64::from(entry.rel_offset));
+        }
+        assert_eq!(closing.position as usize, FIXTURE_LOG.len());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(0));
+        std::fs::write(&path, FIXTURE_LOG).unwrap();
+        let scan = scan_segment(&File::open(&path).unwrap(), &path, 0, 1).unwrap();
+        assert_eq!(scan.invalid_tail, None);
+        assert_eq!(scan.index, batches);
+        assert_eq!(
+            (scan.end_offset, scan.valid_len, scan.max_timestamp),
+            (
+                u64::from(closing.rel_offset),
+                u64::from(closing.position),
+                closing.max_ts_before
+            )
+        );
+    }
 }
