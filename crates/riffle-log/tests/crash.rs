@@ -179,6 +179,7 @@ fn acknowledged_records_survive_sigkill() {
                 Err(e) => panic!("child stalled: {e}"),
             }
         }
+        // SAFETY: kill(2) on the pid of our own child, not reaped yet.
         unsafe {
             libc::kill(child.0.id() as i32, libc::SIGKILL);
         }

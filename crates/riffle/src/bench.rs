@@ -426,6 +426,7 @@ struct ServerChild(std::process::Child);
 
 impl Drop for ServerChild {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child, not reaped yet.
         unsafe {
             libc::kill(self.0.id() as i32, libc::SIGTERM);
         }

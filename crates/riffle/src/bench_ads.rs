@@ -55,8 +55,9 @@ fn input_topic(pct: u32) -> String {
 }
 
 fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we own.
+    // SAFETY: rusage is plain old data, valid when zeroed.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own and pass by pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(usage.ru_utime) + tv(usage.ru_stime)

@@ -426,8 +426,9 @@ fn peak_rss_bytes(pid: i32) -> u64 {
 
 fn free_disk_bytes(path: &Path) -> u64 {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: statvfs(3) fills the zeroed struct from a NUL-terminated path.
+    // SAFETY: statvfs is plain old data, valid when zeroed.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) fills the struct we own from a NUL-terminated path.
     let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
     assert_eq!(rc, 0, "statvfs {}", path.display());
     stat.f_bavail as u64 * stat.f_frsize as u64

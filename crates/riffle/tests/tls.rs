@@ -198,6 +198,8 @@ async fn https_serves_and_cli_trusts_the_given_ca() {
         .unwrap();
     assert!(!output.status.success());
 
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not
+    // reaped yet; no memory is involved.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
