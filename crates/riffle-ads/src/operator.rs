@@ -482,9 +482,14 @@ impl AdClickOperator {
             for (end, window) in windows {
                 out.extend_from_slice(&end.to_le_bytes());
                 out.extend_from_slice(&(window.sums.len() as u32).to_le_bytes());
-                for (ad, entry) in &window.sums {
-                    put_ad(&mut out, *ad);
-                    out.extend_from_slice(&entry.sum.to_le_bytes());
+                // By ad, not in hash order (random per process): the same
+                // state always encodes to the same bytes.
+                let mut sums: Vec<(u32, u64)> =
+                    window.sums.iter().map(|(ad, e)| (*ad, e.sum)).collect();
+                sums.sort_unstable();
+                for (ad, sum) in sums {
+                    put_ad(&mut out, ad);
+                    out.extend_from_slice(&sum.to_le_bytes());
                 }
             }
         }
