@@ -4,11 +4,6 @@
 
 mod ads;
 mod bench;
-mod bench_ads;
-mod bench_datasets;
-#[cfg(feature = "kafka")]
-mod bench_scale;
-mod bench_serve;
 mod client;
 mod commands;
 mod datasets;

@@ -2,6 +2,12 @@
 //! path. Each prints the machine, the parameters and the numbers; peers
 //! (raw disk bandwidth) are measured in the same run.
 
+mod ads;
+mod datasets;
+#[cfg(feature = "kafka")]
+mod scale;
+mod serve;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -120,12 +126,12 @@ pub enum BenchCommand {
     /// Dataset pub/sub against a `riffle serve --roles datasets-publish,datasets-consume` child:
     /// publish → N long-polling subscribers all updated (p50/p99/max), consume-path throughput
     /// (wrk if on the PATH), and etcd watch propagation with as many watchers as the peer.
-    Datasets(crate::bench_datasets::DatasetsBenchArgs),
+    Datasets(datasets::DatasetsBenchArgs),
     /// Ad click aggregation over several `riffle serve --roles process` children on Kafka (1, 2,
     /// 3 … processes) and on the embedded log (one process), same workload, same run; then the
     /// rebalance after a SIGKILL: kill → every partition committing again, survivors' rate.
     #[cfg(feature = "kafka")]
-    ScaleOut(crate::bench_scale::ScaleOutArgs),
+    ScaleOut(scale::ScaleOutArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -141,7 +147,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             mispartitioned,
             dir,
         } => {
-            crate::bench_ads::bench_ads(crate::bench_ads::AdsBenchArgs {
+            ads::bench_ads(ads::AdsBenchArgs {
                 events,
                 ads,
                 partitions,
@@ -153,9 +159,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             })
             .await
         }
-        BenchCommand::Datasets(args) => crate::bench_datasets::bench_datasets(args).await,
+        BenchCommand::Datasets(args) => datasets::bench_datasets(args).await,
         #[cfg(feature = "kafka")]
-        BenchCommand::ScaleOut(args) => crate::bench_scale::bench_scale_out(args).await,
+        BenchCommand::ScaleOut(args) => scale::bench_scale_out(args).await,
         BenchCommand::AdsServe {
             rate,
             seconds,
@@ -164,7 +170,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             dir,
             server_bin,
         } => {
-            crate::bench_serve::bench_ads_serve(crate::bench_serve::AdsServeArgs {
+            serve::bench_ads_serve(serve::AdsServeArgs {
                 rate,
                 seconds,
                 connections,

@@ -210,7 +210,7 @@ impl Run {
         let data = dir.join(format!("{}-{index}", self.pipeline));
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(data.with_extension("log"))?;
-        let http = crate::bench::free_port()?;
+        let http = super::free_port()?;
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
         command
@@ -431,8 +431,8 @@ async fn rebalance(
 }
 
 pub async fn bench_scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
-    crate::bench::print_machine();
-    let (work, _temporary) = crate::bench::bench_dir(args.dir.clone(), "scale-out")?;
+    super::print_machine();
+    let (work, _temporary) = super::bench_dir(args.dir.clone(), "scale-out")?;
     let mut options = KafkaOptions::new(args.brokers.clone());
     let mut properties_toml = String::new();
     for property in &args.properties {

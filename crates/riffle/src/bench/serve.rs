@@ -79,7 +79,7 @@ pub async fn bench_ads_serve(args: AdsServeArgs) -> anyhow::Result<()> {
         bail!("--seconds and --query-seconds must be at least 1");
     }
     let connections = args.connections.max(1);
-    let (dir, _guard) = crate::bench::bench_dir(args.dir, ".riffle-bench-ads-serve-")?;
+    let (dir, _guard) = super::bench_dir(args.dir, ".riffle-bench-ads-serve-")?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;

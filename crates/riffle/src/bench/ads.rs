@@ -265,7 +265,7 @@ async fn run_mode(
 }
 
 pub async fn bench_ads(args: AdsBenchArgs) -> anyhow::Result<()> {
-    let (dir, _guard) = crate::bench::bench_dir(args.dir.clone(), "riffle-bench-ads-")?;
+    let (dir, _guard) = super::bench_dir(args.dir.clone(), "riffle-bench-ads-")?;
     let options = LogOptions::from_config(&Config::defaults().log);
     let template = options.default_topic.clone();
     let log = EmbeddedLog::open(dir.join("log"), options)?;
