@@ -30,7 +30,7 @@ pub enum StreamError {
     Checkpoint { path: String, reason: String },
     /// A topic a pipeline needs is missing and cannot be created, or does
     /// not fit (too few partitions).
-    #[error("topic {topic:?} {reason}")]
+    #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
     /// The event bus failed under a task.
     #[error(transparent)]

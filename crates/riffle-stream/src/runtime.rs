@@ -483,7 +483,8 @@ fn check_task<O: Operator>(config: &TaskConfig, op: &O) -> Result<()> {
     for (i, (sink, _)) in config.sinks.iter().enumerate() {
         if *sink == Sink::FORWARD {
             return refuse(format!(
-                "sink {sink:?} is the repartition step's, not a topic"
+                "sink {:?} is the repartition step's, not a topic",
+                sink.name()
             ));
         }
         if config.sinks[..i].iter().any(|(s, _)| s == sink) {
@@ -520,6 +521,13 @@ where
     O: for<'a> Operator<In<'a> = SourceBatch<'a>, Out = SinkRecord>,
 {
     check_task(&config, &op)?;
+    // Every declared counter is in the status from the start (0 until the
+    // first report), so readers never miss a field while a task restores.
+    status.update(|s| {
+        for spec in op.counters() {
+            s.counters.entry(spec.name).or_insert(0);
+        }
+    });
     let tp = TopicPartition::new(config.input_topic.clone(), config.partition);
     let labels = [config.pipeline.clone(), config.partition.to_string()];
     let rp = config.repartition.as_ref().map(|r| Repartition {

@@ -233,13 +233,15 @@ impl<P: PartitionTasks> Supervisor<P> {
                     Ok(_) => return,
                     Err(_) if *stopped.borrow() => return,
                     Err(error) => {
-                        // run_task logged it; the status shows it until the
-                        // restart.
-                        tracing::info!(
+                        // Also a task that could not be built or was refused
+                        // before it ran: retried too (the status shows why),
+                        // so a fixed bus or store needs no restart.
+                        tracing::warn!(
                             pipeline = %pipeline.pipeline(),
                             partition,
+                            %error,
                             retry_in_ms = delay.as_millis() as u64,
-                            "restarting the failed task from its last checkpoint"
+                            "task failed; restarting it from its last checkpoint"
                         );
                         status.update(|s| {
                             s.state = "failed";
