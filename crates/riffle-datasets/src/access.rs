@@ -1,8 +1,8 @@
 //! Who may do what to which dataset topic.
 //!
 //! Publishing, pinning, scoping, rollouts and topic create/delete need a
-//! token with the publish role for the topic; the admin token holds every
-//! role. Consuming is open unless the topic is restricted: a topic is
+//! token with the publish permission for the topic; the admin token holds
+//! every permission. Consuming is open unless the topic is restricted: a topic is
 //! restricted when some configured token lists it (by name or pattern)
 //! under `consume`, or when it is encrypted — an encrypted payload is
 //! decrypted only for an authorised consumer. Tokens are compared in
@@ -121,7 +121,7 @@ impl AccessPolicy {
             (None, Some(t)) => Err(DatasetError::new(
                 ErrorCode::PermissionDenied,
                 format!(
-                    "authorization: token {:?} has no {} role for topic {topic:?}",
+                    "authorization: token {:?} has no {} permission for topic {topic:?}",
                     t.name,
                     permission.as_str()
                 ),

@@ -120,15 +120,6 @@ impl DatasetError {
             DatasetError::new(code, message)
         }
     }
-
-    /// Whether retrying the same request later may succeed (the client
-    /// also retries internal errors: a server restart answers them).
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self.code(),
-            ErrorCode::Unavailable | ErrorCode::ResourceExhausted | ErrorCode::Internal
-        )
-    }
 }
 
 impl HasCode for DatasetError {
