@@ -482,8 +482,9 @@ impl AdClickOperator {
             for (end, window) in windows {
                 out.extend_from_slice(&end.to_le_bytes());
                 out.extend_from_slice(&(window.sums.len() as u32).to_le_bytes());
-                // By ad, not in hash order (random per process): the same
-                // state always encodes to the same bytes.
+                // By interned ad id (first-seen order), not in hash order
+                // (random per process): the same history encodes to the
+                // same bytes in every process.
                 let mut sums: Vec<(u32, u64)> =
                     window.sums.iter().map(|(ad, e)| (*ad, e.sum)).collect();
                 sums.sort_unstable();

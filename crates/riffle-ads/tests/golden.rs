@@ -12,9 +12,10 @@
 //! survive upgrades, so a change to these bytes needs a new state version
 //! and a reader for the old one, not new fixtures.
 //!
-//! The operator writes a window's sums ordered by ad, so the same state
-//! encodes to the same bytes in every process (the last test checks it
-//! with windows of many ads, which two operators hash in different orders).
+//! The operator writes a window's sums ordered by interned ad id (the
+//! order ads were first seen), so the same input encodes to the same bytes
+//! in every process (the last test checks it with windows of many ads,
+//! which two operators hash in different orders).
 //!
 //! To regenerate the fixture deliberately (a reviewed format change), run
 //! with `RIFFLE_BLESS=1`:

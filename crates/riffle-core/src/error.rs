@@ -84,9 +84,10 @@ impl ErrorCode {
     }
 }
 
-/// An error that knows its failure class. Every crate's error type
-/// implements it, so the API layer turns any of them into an HTTP or gRPC
-/// error with one conversion, and callers decide about retries by code.
+/// An error that knows its failure class. Every error type that reaches
+/// the API implements it, so the API layer turns any of them into an HTTP
+/// or gRPC error with one conversion, and callers decide about retries by
+/// code.
 pub trait HasCode: std::error::Error + Send + Sync + 'static {
     fn code(&self) -> ErrorCode;
 
