@@ -142,6 +142,95 @@ async fn bind_listeners(config: &Config) -> anyhow::Result<Listeners> {
     })
 }
 
+/// The admin token: `auth.admin_token`, or the one in
+/// `<data_dir>/admin.token`, generated there (mode 0600) on first start.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if config.auth.admin_token.is_empty() {
+        let path = config.admin_token_path();
+        let (token, created) = auth::load_or_create_admin_token(&path)
+            .with_context(|| format!("admin token file {}", path.display()))?;
+        if created {
+            info!(path = %path.display(), "generated admin token (mode 0600); the CLI reads it from there");
+        } else {
+            info!(path = %path.display(), "using admin token");
+        }
+        Ok(token)
+    } else {
+        Ok(config.auth.admin_token.clone())
+    }
+}
+
+/// Where the dataset service is published once started (the listeners'
+/// routers and the gRPC service read it; `serve` keeps the sender until
+/// it ends).
+type DatasetsSender = watch::Sender<Option<Arc<rest::datasets::DatasetsState>>>;
+
+/// The threads of the dedicated dataset listener runtimes.
+type DatasetThreads = Vec<std::thread::JoinHandle<anyhow::Result<()>>>;
+
+/// The dataset listeners this process's roles bind.
+struct DatasetListeners {
+    publish: Option<std::net::TcpListener>,
+    consume: Option<std::net::TcpListener>,
+}
+
+/// Starts the dataset service and its publish and consume listeners, each
+/// on a dedicated runtime (the publish path isolated from the consume
+/// path). Returns their threads and the service's background tasks; both
+/// empty when this process runs no datasets role.
+async fn start_dataset_listeners(
+    config: &Arc<Config>,
+    listeners: DatasetListeners,
+    admin_token: String,
+    http_tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    datasets_tx: &DatasetsSender,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<(DatasetThreads, Vec<tokio::task::JoinHandle<()>>)> {
+    let DatasetListeners {
+        publish: publish_listener,
+        consume: consume_listener,
+    } = listeners;
+    let mut datasets_threads = Vec::new();
+    if publish_listener.is_none() && consume_listener.is_none() {
+        return Ok((datasets_threads, Vec::new()));
+    }
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let (state, tasks) = start_datasets(
+        config,
+        admin_token,
+        publish_listener.is_some(),
+        stop_rx.clone(),
+    )
+    .await?;
+    let _ = datasets_tx.send(Some(state));
+    let app = rest::datasets::DatasetsApp {
+        state: datasets_tx.subscribe(),
+    };
+    if let Some(listener) = publish_listener {
+        datasets_threads.push(spawn_dedicated(
+            "ds-publish",
+            config.datasets.publish_workers,
+            listener,
+            rest::datasets::publish_router(app.clone()),
+            http_tls.clone(),
+            stop_rx.clone(),
+            grace,
+        )?);
+    }
+    if let Some(listener) = consume_listener {
+        datasets_threads.push(spawn_dedicated(
+            "ds-consume",
+            config.datasets.consume_workers,
+            listener,
+            rest::datasets::consume_router(app),
+            http_tls.clone(),
+            stop_rx.clone(),
+            grace,
+        )?);
+    }
+    Ok((datasets_threads, tasks))
+}
+
 /// Binds a listener of `key` (a config key, for the error message).
 fn bind_std(addr: &str, key: &str) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)
@@ -234,19 +323,7 @@ pub async fn serve(
         "listening"
     );
 
-    let admin_token = if config.auth.admin_token.is_empty() {
-        let path = config.admin_token_path();
-        let (token, created) = auth::load_or_create_admin_token(&path)
-            .with_context(|| format!("admin token file {}", path.display()))?;
-        if created {
-            info!(path = %path.display(), "generated admin token (mode 0600); the CLI reads it from there");
-        } else {
-            info!(path = %path.display(), "using admin token");
-        }
-        token
-    } else {
-        config.auth.admin_token.clone()
-    };
+    let admin_token = admin_token(&config)?;
 
     let (services_tx, services_rx) = watch::channel::<Option<Arc<Services>>>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -255,46 +332,19 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let (datasets_tx, datasets_rx) = watch::channel(None);
-    let mut datasets_threads = Vec::new();
-    let mut datasets_tasks = Vec::new();
-    if publish_listener.is_some() || consume_listener.is_some() {
-        let (state, tasks) = start_datasets(
-            &config,
-            admin_token.clone(),
-            publish_listener.is_some(),
-            stop_rx.clone(),
-        )
-        .await?;
-        let _ = datasets_tx.send(Some(state));
-        datasets_tasks = tasks;
-        let app = rest::datasets::DatasetsApp {
-            state: datasets_rx.clone(),
-        };
-        if let Some(listener) = publish_listener {
-            datasets_threads.push(spawn_dedicated(
-                "ds-publish",
-                config.datasets.publish_workers,
-                listener,
-                rest::datasets::publish_router(app.clone()),
-                http_tls.clone(),
-                stop_rx.clone(),
-                grace,
-            )?);
-        }
-        if let Some(listener) = consume_listener {
-            datasets_threads.push(spawn_dedicated(
-                "ds-consume",
-                config.datasets.consume_workers,
-                listener,
-                rest::datasets::consume_router(app),
-                http_tls.clone(),
-                stop_rx.clone(),
-                grace,
-            )?);
-        }
-    }
+    let (datasets_threads, datasets_tasks) = start_dataset_listeners(
+        &config,
+        DatasetListeners {
+            publish: publish_listener,
+            consume: consume_listener,
+        },
+        admin_token.clone(),
+        http_tls.clone(),
+        &datasets_tx,
+        stop_rx.clone(),
+    )
+    .await?;
 
     // Recover the log in the background so health and readiness answer
     // while a large log is scanned.
