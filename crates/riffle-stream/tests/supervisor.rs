@@ -34,6 +34,9 @@ struct Sum {
     odd: u64,
     dirty: bool,
     fail_at: Option<u64>,
+    /// Refuses any state, even a fresh start's (a task that fails before
+    /// it reads anything).
+    refuse_restore: bool,
 }
 
 impl Operator for Sum {
@@ -106,6 +109,12 @@ impl Operator for Sum {
     }
 
     fn restore(&mut self, state: &[u8]) -> riffle_stream::Result<()> {
+        if self.refuse_restore {
+            return Err(StreamError::Operator {
+                operator: "sum".into(),
+                reason: "refuses to restore".into(),
+            });
+        }
         if !state.is_empty() {
             self.sum = u64::from_le_bytes(state[..8].try_into().expect("8"));
             self.odd = u64::from_le_bytes(state[8..16].try_into().expect("8"));
@@ -139,6 +148,7 @@ impl PartitionTasks for SumTasks {
             odd: 0,
             dirty: false,
             fail_at: self.fail_at.filter(|_| partition == 0 && build == 0),
+            refuse_restore: false,
         })
     }
 }
@@ -179,7 +189,9 @@ async fn bus_with_numbers(dir: &std::path::Path, n: u64) -> Arc<dyn EventBus> {
         for v in (1..=n).filter(|v| v % PARTITIONS as u64 == partition as u64) {
             batch.push(None, &v.to_le_bytes(), 0);
         }
-        bus.append(INPUT, partition, batch).await.unwrap();
+        if !batch.is_empty() {
+            bus.append(INPUT, partition, batch).await.unwrap();
+        }
     }
     bus
 }
@@ -281,6 +293,7 @@ async fn failure_with_sinks(
         odd: 0,
         dirty: false,
         fail_at: None,
+        refuse_restore: false,
     };
     let result = run_task(
         bus,
@@ -324,4 +337,34 @@ async fn sinks_bound_twice_or_to_the_forward_sink_are_refused() {
         let error = failure_with_sinks(bus.clone(), dir.path(), sinks).await;
         assert!(error.contains(expected), "{error}");
     }
+}
+
+#[tokio::test]
+async fn declared_counters_are_in_the_status_before_the_first_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_with_numbers(dir.path(), 4).await;
+    let (_tx, shutdown) = watch::channel(false);
+    let status = Arc::new(TaskStatus::new(0));
+    // The task fails while restoring, before it reads or reports anything.
+    let op = Sum {
+        sum: 0,
+        odd: 0,
+        dirty: false,
+        fail_at: None,
+        refuse_restore: true,
+    };
+    let result = run_task(
+        bus,
+        Arc::new(FsCheckpointStore::new(dir.path().join("checkpoints"))),
+        Arc::new(SystemClock),
+        config(0, vec![(SUMS, OUTPUT.into())]),
+        op,
+        status.clone(),
+        shutdown,
+    )
+    .await;
+    assert!(result.is_err(), "the restore was refused");
+    let json = serde_json::to_value(status.snapshot()).unwrap();
+    assert_eq!(json["state"], "failed", "{json}");
+    assert_eq!(json["odd"], 0, "{json}");
 }
