@@ -6,7 +6,8 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use riffle_core::config::{AdFilterConfig, AdsConfig, ConfigError};
+use crate::config::{AdFilterConfig, AdsConfig};
+use riffle_core::config::ConfigError;
 use riffle_core::net::Cidr;
 use serde::Serialize;
 

@@ -52,6 +52,7 @@
 
 #[cfg(feature = "parquet")]
 pub mod archive;
+pub mod config;
 pub mod conformance;
 mod error;
 pub mod filter;
@@ -66,6 +67,7 @@ pub mod service;
 mod store;
 pub mod writer;
 
+pub use config::{AdFilterConfig, AdsConfig, PopularConfig};
 pub use error::{Result, StartError, StoreError};
 pub use filter::{FilterInfo, FilterSet};
 pub use memory::MemoryAggregateStore;

@@ -50,9 +50,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::config::AdsConfig;
 use foldhash::fast::RandomState;
 use riffle_core::codec::Reader;
-use riffle_core::config::{AdsConfig, ConfigError};
+use riffle_core::config::{ConfigError, Section};
 use riffle_core::event::{Event, EventBody, ParseLimits};
 use riffle_stream::dedup::{DedupConfig, Deduplicator, Verdict};
 use riffle_stream::{

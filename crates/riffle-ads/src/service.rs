@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::AdsConfig;
 use parking_lot::Mutex;
-use riffle_core::config::AdsConfig;
 use riffle_core::time::Clock;
 use riffle_log::{EventBus, TopicConfig};
 use riffle_stream::{

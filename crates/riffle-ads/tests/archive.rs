@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use riffle_ads::archive::{archive_once, list_files};
 use riffle_ads::recount::{recount_from, Recount, RecountError, RecountSource};
+use riffle_ads::{AdFilterConfig, AdsConfig, PopularConfig};
 use riffle_ads::{AdsSpec, MINUTE_MS};
-use riffle_core::config::{AdFilterConfig, AdsConfig, Config, PopularConfig};
+use riffle_core::config::Section;
 use riffle_core::event::{parse_event, ParseLimits};
 use riffle_core::time::{ManualClock, SystemClock};
 use riffle_log::{partition_for_key, EmbeddedLog, EventBus, LogOptions, RecordBatch, TopicConfig};
@@ -26,7 +27,7 @@ const INPUT: &str = "ad_clicks";
 const DAY_MS: i64 = 24 * 3_600_000;
 
 fn spec() -> Arc<AdsSpec> {
-    let mut config: AdsConfig = Config::defaults().ads;
+    let mut config: AdsConfig = AdsConfig::defaults();
     config.out_of_orderness_ms = 15_000;
     config.allowed_lateness_ms = 120_000;
     config.dedup_horizon_ms = 240_000;

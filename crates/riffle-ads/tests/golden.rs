@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 use riffle_ads::records::AggregateRecord;
 use riffle_ads::{AdClickOperator, AdsSpec};
-use riffle_core::config::{AdFilterConfig, Config, PopularConfig};
+use riffle_ads::{AdFilterConfig, AdsConfig, PopularConfig};
+use riffle_core::config::Section;
 use riffle_core::event::{Event, EventBody};
 use riffle_log::{RecordBatch, RecordSet};
 use riffle_stream::{Collector, Operator, SinkRecord, SourceBatch};
@@ -55,7 +56,7 @@ fn blessing() -> bool {
 }
 
 fn spec() -> Arc<AdsSpec> {
-    let mut config = Config::defaults().ads;
+    let mut config = AdsConfig::defaults();
     config.out_of_orderness_ms = 10_000;
     config.allowed_lateness_ms = 60_000;
     config.dedup_horizon_ms = 120_000;

@@ -26,11 +26,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use riffle_ads::{AdFilterConfig, AdsConfig, PopularConfig};
 use riffle_ads::{
     AdsPipeline, AggregateStore, MemoryAggregateStore, PipelineReport, RedbAggregateStore, TopRow,
     MINUTE_MS,
 };
-use riffle_core::config::{AdFilterConfig, AdsConfig, Config, PopularConfig};
+use riffle_core::config::Section;
 use riffle_core::event::{parse_event, ParseLimits};
 use riffle_core::time::SystemClock;
 use riffle_log::{partition_for_key, EmbeddedLog, EventBus, LogOptions, RecordBatch, TopicConfig};
@@ -138,7 +139,7 @@ fn filter(id: u32, name: &str, country: &[&str], ip: &[&str], users: &[String]) 
 }
 
 fn pipeline_config() -> AdsConfig {
-    let mut config = Config::defaults().ads;
+    let mut config = AdsConfig::defaults();
     assert_eq!(
         (config.pipeline.as_str(), config.input_topic.as_str()),
         (PIPELINE, INPUT)

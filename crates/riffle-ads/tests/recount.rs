@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use riffle_ads::recount::{recount, RecountError};
+use riffle_ads::AdsConfig;
 use riffle_ads::{AdsSpec, MINUTE_MS};
-use riffle_core::config::Config;
+use riffle_core::config::Section;
 use riffle_log::{partition_for_key, EmbeddedLog, EventBus, LogOptions, RecordBatch, TopicConfig};
 
 const PARTITIONS: u32 = 3;
@@ -65,7 +66,7 @@ async fn log_with(dir: &std::path::Path, stray: usize) -> Arc<dyn EventBus> {
 }
 
 fn spec() -> Arc<AdsSpec> {
-    Arc::new(AdsSpec::from_config(&Config::defaults().ads).expect("default spec"))
+    Arc::new(AdsSpec::from_config(&AdsConfig::defaults()).expect("default spec"))
 }
 
 #[tokio::test]

@@ -1,237 +1,66 @@
-//! Layered configuration: built-in defaults (`default.toml`) → `./riffle.toml`
-//! → `--config` files → environment `RIFFLE__SECTION__KEY` → explicit
-//! overrides from command-line flags. Unknown keys are errors everywhere.
+//! Layered configuration: built-in defaults → `./riffle.toml` → `--config`
+//! files → environment `RIFFLE__SECTION__KEY` → explicit overrides from
+//! command-line flags. Unknown keys are errors everywhere.
+//!
+//! This module holds the layering mechanics ([`ConfigSources`], the
+//! [`Section`] trait, [`ConfigError`]) and the sections every process needs
+//! (`[server]`, `[bus]`, `[log]`, `[ingest]`, `[auth]`, `[telemetry]`). A
+//! domain crate keeps its own section beside the code it configures (e.g.
+//! `riffle_ads::AdsConfig` for `[ads]`, with its defaults in its own
+//! `default.toml`); the binary's composition root assembles the whole file
+//! from the sections.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The built-in defaults, also the reference for docs/configuration.md.
+/// The built-in defaults of the core sections, also the reference for
+/// docs/configuration.md.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    pub server: ServerConfig,
-    pub bus: BusConfig,
-    pub log: LogConfig,
-    pub ingest: IngestConfig,
-    pub auth: AuthConfig,
-    pub telemetry: TelemetryConfig,
-    pub ads: AdsConfig,
-    pub datasets: DatasetsConfig,
-}
+/// One top-level table of the configuration file, owned by the crate it
+/// configures.
+pub trait Section: Serialize + DeserializeOwned {
+    /// The table's key (`"ads"` for `[ads]`); error messages start with it.
+    const KEY: &'static str;
+    /// The built-in defaults: a TOML document holding the `[KEY]` table
+    /// (it may hold other tables too).
+    const DEFAULTS: &'static str;
 
-/// The ad click aggregation pipeline (`[ads]`); docs/configuration.md.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdsConfig {
-    /// Run the pipeline and its aggregate writer in `riffle serve`.
-    pub enabled: bool,
-    /// Pipeline name: its consumer group, checkpoint directory and the
-    /// prefix of its late topic (`<pipeline>.late`).
-    pub pipeline: String,
-    pub input_topic: String,
-    pub aggregates_topic: String,
-    pub out_of_orderness_ms: i64,
-    pub allowed_lateness_ms: i64,
-    pub dedup_horizon_ms: i64,
-    pub emit_interval_ms: u64,
-    pub checkpoint_interval_ms: u64,
-    /// A partition with no new records for this long no longer holds back
-    /// the pipeline watermark (which decides `complete` in answers).
-    pub idle_timeout_ms: i64,
-    /// How many ads each top-N result keeps (the largest `count` a
-    /// `popular_ads` query may ask for).
-    pub top_n: u32,
-    /// Aggregates older than this are deleted from the store.
-    pub retention_ms: i64,
-    /// Directory of the Parquet archive of the raw input (relative paths
-    /// are under `server.data_dir`); empty turns archiving off.
-    pub archive_dir: String,
-    /// How often the input written since the last pass is archived.
-    pub archive_interval_ms: u64,
-    pub filters: Vec<AdFilterConfig>,
-    pub popular: Vec<PopularConfig>,
-}
+    /// Checks the values, naming the key (`"ads.top_n: …"`) and the value
+    /// in the error.
+    fn validate(&self) -> Result<(), ConfigError>;
 
-/// A predefined filter: the conjunction of the non-empty conditions; within
-/// a condition any listed value matches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdFilterConfig {
-    pub id: u32,
-    pub name: String,
-    #[serde(default)]
-    pub country: Vec<String>,
-    /// CIDR ranges.
-    #[serde(default)]
-    pub ip: Vec<String>,
-    #[serde(default)]
-    pub user_id: Vec<String>,
-}
-
-/// One maintained top-N: the most clicked ads over a sliding window of
-/// `window_minutes` minutes, for one filter (0 = all clicks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PopularConfig {
-    pub window_minutes: u32,
-    #[serde(default)]
-    pub filter_id: u32,
-}
-
-impl AdsConfig {
-    /// The topic where events beyond the allowed lateness go.
-    pub fn late_topic(&self) -> String {
-        format!("{}.late", self.pipeline)
-    }
-
-    /// The internal topic through which tasks send clicks to the task that
-    /// owns their ad (same partition count as the input).
-    pub fn repartition_topic(&self) -> String {
-        format!("{}.repartition", self.pipeline)
-    }
-
-    /// The consumer group whose members share ownership of the input
-    /// partitions (the pipeline's offsets are committed under `pipeline`).
-    pub fn owners_group(&self) -> String {
-        format!("{}.owners", self.pipeline)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let err =
-            |key: &str, message: String| Err(ConfigError::new(format!("ads.{key}: {message}")));
-        for (key, topic) in [
-            ("pipeline", &self.pipeline),
-            ("input_topic", &self.input_topic),
-            ("aggregates_topic", &self.aggregates_topic),
-        ] {
-            if let Err(reason) = validate_topic_name(topic) {
-                return err(key, reason);
-            }
-        }
-        if self.input_topic == self.aggregates_topic {
-            return err(
-                "aggregates_topic",
-                format!("must differ from input_topic ({:?})", self.input_topic),
-            );
-        }
-        if self.out_of_orderness_ms < 0 {
-            return err(
-                "out_of_orderness_ms",
-                format!("{} must not be negative", self.out_of_orderness_ms),
-            );
-        }
-        if self.allowed_lateness_ms < 0 {
-            return err(
-                "allowed_lateness_ms",
-                format!("{} must not be negative", self.allowed_lateness_ms),
-            );
-        }
-        // Lateness is judged per minute window, so a click up to
-        // allowed_lateness + 1 min behind the watermark still counts and must
-        // still be checked for duplicates.
-        let min_horizon = self.allowed_lateness_ms.saturating_add(60_000);
-        if self.dedup_horizon_ms < min_horizon {
-            return err(
-                "dedup_horizon_ms",
-                format!(
-                    "{} must be at least allowed_lateness_ms + 60000 ({min_horizon}): a shorter horizon lets duplicates of late events through",
-                    self.dedup_horizon_ms
-                ),
-            );
-        }
-        if self.emit_interval_ms == 0 {
-            return err("emit_interval_ms", "must be at least 1".into());
-        }
-        if self.checkpoint_interval_ms < self.emit_interval_ms {
-            return err(
-                "checkpoint_interval_ms",
-                format!(
-                    "{} must be at least emit_interval_ms ({})",
-                    self.checkpoint_interval_ms, self.emit_interval_ms
-                ),
-            );
-        }
-        if self.idle_timeout_ms <= 0 {
-            return err(
-                "idle_timeout_ms",
-                format!("{} must be positive", self.idle_timeout_ms),
-            );
-        }
-        if self.top_n == 0 || self.top_n > 10_000 {
-            return err("top_n", format!("{} is outside 1..=10000", self.top_n));
-        }
-        if self.retention_ms <= 0 {
-            return err(
-                "retention_ms",
-                format!("{} must be positive", self.retention_ms),
-            );
-        }
-        if !self.archive_dir.is_empty() && self.archive_interval_ms == 0 {
-            return err("archive_interval_ms", "must be at least 1".into());
-        }
-        let mut ids = std::collections::BTreeSet::new();
-        let mut names = std::collections::BTreeSet::new();
-        for (i, filter) in self.filters.iter().enumerate() {
-            if filter.id == 0 {
-                return err(
-                    &format!("filters[{i}].id"),
-                    "0 is reserved for \"no filter\"".into(),
-                );
-            }
-            if !ids.insert(filter.id) {
-                return err(
-                    &format!("filters[{i}].id"),
-                    format!("{} is used twice", filter.id),
-                );
-            }
-            if filter.name.is_empty() || !names.insert(filter.name.as_str()) {
-                return err(
-                    &format!("filters[{i}].name"),
-                    format!("{:?} is empty or used twice", filter.name),
-                );
-            }
-            if filter.country.is_empty() && filter.ip.is_empty() && filter.user_id.is_empty() {
-                return err(
-                    &format!("filters[{i}]"),
-                    "needs at least one condition (country, ip or user_id)".into(),
-                );
-            }
-            for (j, range) in filter.ip.iter().enumerate() {
-                if let Err(reason) = crate::net::Cidr::parse(range) {
-                    return err(&format!("filters[{i}].ip[{j}]"), reason);
-                }
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, popular) in self.popular.iter().enumerate() {
-            if popular.window_minutes == 0 || popular.window_minutes > 1440 {
-                return err(
-                    &format!("popular[{i}].window_minutes"),
-                    format!("{} is outside 1..=1440", popular.window_minutes),
-                );
-            }
-            if popular.filter_id != 0 && !ids.contains(&popular.filter_id) {
-                return err(
-                    &format!("popular[{i}].filter_id"),
-                    format!(
-                        "{} is not the id of a filter in ads.filters",
-                        popular.filter_id
-                    ),
-                );
-            }
-            if !seen.insert((popular.window_minutes, popular.filter_id)) {
-                return err(&format!("popular[{i}]"), "is listed twice".into());
-            }
-        }
-        Ok(())
+    /// The built-in defaults of this section alone.
+    fn defaults() -> Self {
+        Figment::from(Toml::string(Self::DEFAULTS))
+            .extract_inner(Self::KEY)
+            .unwrap_or_else(|e| panic!("built-in defaults of [{}] parse: {e}", Self::KEY))
     }
 }
+
+/// The sections every process has; the composition root embeds them.
+macro_rules! core_section {
+    ($ty:ty, $key:literal) => {
+        impl Section for $ty {
+            const KEY: &'static str = $key;
+            const DEFAULTS: &'static str = DEFAULT_TOML;
+            fn validate(&self) -> Result<(), ConfigError> {
+                <$ty>::check(self)
+            }
+        }
+    };
+}
+core_section!(ServerConfig, "server");
+core_section!(BusConfig, "bus");
+core_section!(LogConfig, "log");
+core_section!(IngestConfig, "ingest");
+core_section!(AuthConfig, "auth");
+core_section!(TelemetryConfig, "telemetry");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -283,142 +112,16 @@ impl Role {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Role, String> {
+    /// Parses a `--roles` value; the error message starts with `roles:`.
+    pub fn parse(s: &str) -> Result<Role, ConfigError> {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s.trim())
             .ok_or_else(|| {
-                format!(
+                ConfigError::new(format!(
                     "roles: {s:?} is not one of ingest, process, serve, datasets-publish, datasets-consume"
-                )
+                ))
             })
-    }
-}
-
-/// Dataset publish/subscribe (`[datasets]`); docs/configuration.md.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetsConfig {
-    /// Listener of the publish side (role `datasets-publish`).
-    pub publish_addr: String,
-    /// Listener of the consume side (role `datasets-consume`).
-    pub consume_addr: String,
-    /// Worker threads of each side's own runtime: a flood of publishes
-    /// cannot starve consumers and the reverse.
-    pub publish_workers: usize,
-    pub consume_workers: usize,
-    /// `sqlite:` URL of the metadata store; empty: a SQLite file at
-    /// `<data-dir>/datasets/metadata.db`.
-    pub metadata_url: String,
-    /// Blob directory, relative to the data directory.
-    pub blob_dir: String,
-    /// Payloads up to this size are stored inline in the metadata store.
-    pub inline_max_bytes: u64,
-    /// Largest payload a publish accepts (0: no limit).
-    pub max_payload_bytes: u64,
-    /// The consume cache polls the metadata store for changes made by other
-    /// processes this often (changes made by this process are seen at once).
-    pub cache_refresh_ms: u64,
-    /// The longest `wait` a long-poll may ask for.
-    pub max_wait_ms: u64,
-    pub rollout_tick_ms: u64,
-    pub janitor_interval_ms: u64,
-    /// Blobs no version references are deleted once this old (a publish
-    /// uploads its blob before committing the version).
-    pub orphan_grace_ms: u64,
-    /// Master key (64 hex chars) that wraps per-topic data keys; empty: a
-    /// generated key in `<data-dir>/datasets/master.key` (mode 0600).
-    pub master_key: String,
-    /// Named tokens with per-topic roles; the admin token holds every role.
-    pub tokens: Vec<DatasetToken>,
-}
-
-/// A dataset token: `name` is what the audit trail records as the actor.
-/// Topic patterns: an exact name, a prefix ending in `*`, or `*`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetToken {
-    pub name: String,
-    pub token: String,
-    #[serde(default)]
-    pub publish: Vec<String>,
-    #[serde(default)]
-    pub consume: Vec<String>,
-}
-
-impl DatasetsConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key: &str, message: String| {
-            Err(ConfigError::new(format!("datasets.{key}: {message}")))
-        };
-        if self.publish_workers == 0 || self.publish_workers > 256 {
-            return err(
-                "publish_workers",
-                format!("{} is outside 1..=256", self.publish_workers),
-            );
-        }
-        if self.consume_workers == 0 || self.consume_workers > 256 {
-            return err(
-                "consume_workers",
-                format!("{} is outside 1..=256", self.consume_workers),
-            );
-        }
-        if self.inline_max_bytes > 64 << 20 {
-            return err(
-                "inline_max_bytes",
-                format!("{} is above 64 MiB", self.inline_max_bytes),
-            );
-        }
-        for (key, value) in [
-            ("cache_refresh_ms", self.cache_refresh_ms),
-            ("max_wait_ms", self.max_wait_ms),
-            ("rollout_tick_ms", self.rollout_tick_ms),
-            ("janitor_interval_ms", self.janitor_interval_ms),
-        ] {
-            if value == 0 {
-                return err(key, "must be positive".into());
-            }
-        }
-        if self.cache_refresh_ms > 1000 {
-            return err(
-                "cache_refresh_ms",
-                format!(
-                    "{} is above 1000: consumers must see changes within a second",
-                    self.cache_refresh_ms
-                ),
-            );
-        }
-        if !self.master_key.is_empty()
-            && (self.master_key.len() != 64
-                || !self.master_key.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return err("master_key", "must be 64 hex characters".into());
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, token) in self.tokens.iter().enumerate() {
-            if token.name.is_empty() || !names.insert(token.name.as_str()) {
-                return err(
-                    &format!("tokens[{i}].name"),
-                    format!("{:?} is empty or used twice", token.name),
-                );
-            }
-            if token.token.len() < 16 {
-                return err(
-                    &format!("tokens[{i}].token"),
-                    "must be at least 16 characters".into(),
-                );
-            }
-            for pattern in token.publish.iter().chain(&token.consume) {
-                let name = pattern.strip_suffix('*').unwrap_or(pattern);
-                if !name.is_empty() && validate_topic_name(name).is_err() {
-                    return err(
-                        &format!("tokens[{i}]"),
-                        format!("topic pattern {pattern:?} is not a name, a prefix ending in '*', or '*'"),
-                    );
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -540,6 +243,11 @@ impl ConfigError {
     pub fn new(message: impl Into<String>) -> Self {
         ConfigError(message.into())
     }
+
+    /// The message without the `configuration:` prefix.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
 }
 
 impl crate::HasCode for ConfigError {
@@ -564,19 +272,22 @@ pub mod toml_value {
     pub use figment::value::Value;
 }
 
-impl Config {
-    pub fn defaults() -> Config {
-        Config::load(&ConfigSources::default()).expect("built-in defaults parse")
-    }
-
-    pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
-        if let Some(path) = &sources.cwd_file {
+impl ConfigSources {
+    /// Layers the sources over `defaults` (the built-in TOML documents of
+    /// every section of `T`, merged in order) and deserializes `T`. Unknown
+    /// keys are errors if `T` and its sections deny them. Validation is the
+    /// caller's: it knows which sections `T` holds.
+    pub fn load<T: DeserializeOwned>(&self, defaults: &[&str]) -> Result<T, ConfigError> {
+        let mut figment = Figment::new();
+        for text in defaults {
+            figment = figment.merge(Toml::string(text));
+        }
+        if let Some(path) = &self.cwd_file {
             if path.exists() {
                 figment = figment.merge(Toml::file_exact(path));
             }
         }
-        for path in &sources.files {
+        for path in &self.files {
             if !path.exists() {
                 return Err(ConfigError::new(format!(
                     "config file {} does not exist",
@@ -585,40 +296,41 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        if sources.use_env {
+        if self.use_env {
             figment = figment.merge(Env::prefixed("RIFFLE__").split("__").lowercase(true));
         }
-        for (key, value) in &sources.overrides {
+        for (key, value) in &self.overrides {
             figment = figment.merge(Serialized::default(key, value.clone()));
         }
-        let config: Config = figment
+        figment
             .extract()
-            .map_err(|e| ConfigError::new(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+            .map_err(|e| ConfigError::new(e.to_string()))
     }
+}
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let log = &self.log;
-        if log.segment_bytes < 4096 || log.segment_bytes > 1 << 30 {
+impl LogConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.segment_bytes < 4096 || self.segment_bytes > 1 << 30 {
             return Err(ConfigError::new(format!(
                 "log.segment_bytes: {} is outside 4096..=1073741824 (1 GiB)",
-                log.segment_bytes
+                self.segment_bytes
             )));
         }
-        if log.default_partitions == 0 {
+        if self.default_partitions == 0 {
             return Err(ConfigError::new(
                 "log.default_partitions: must be at least 1",
             ));
         }
-        let ingest = &self.ingest;
+        Ok(())
+    }
+}
+
+impl IngestConfig {
+    fn check(&self) -> Result<(), ConfigError> {
         for (key, value) in [
-            ("ingest.max_body_bytes", ingest.max_body_bytes),
-            ("ingest.max_event_bytes", ingest.max_event_bytes),
-            (
-                "ingest.max_events_per_request",
-                ingest.max_events_per_request,
-            ),
+            ("ingest.max_body_bytes", self.max_body_bytes),
+            ("ingest.max_event_bytes", self.max_event_bytes),
+            ("ingest.max_events_per_request", self.max_events_per_request),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(format!("{key}: must be at least 1")));
@@ -626,23 +338,23 @@ impl Config {
         }
         // A body is admitted against the in-flight budget; a budget smaller
         // than one body would refuse such bodies with 429 forever.
-        if ingest.max_inflight_bytes < ingest.max_body_bytes {
+        if self.max_inflight_bytes < self.max_body_bytes {
             return Err(ConfigError::new(format!(
                 "ingest.max_inflight_bytes: {} is below ingest.max_body_bytes ({})",
-                ingest.max_inflight_bytes, ingest.max_body_bytes
+                self.max_inflight_bytes, self.max_body_bytes
             )));
         }
-        if self.ingest.topic_partitions == 0 {
+        if self.topic_partitions == 0 {
             return Err(ConfigError::new(
                 "ingest.topic_partitions: must be at least 1",
             ));
         }
-        if let Err(reason) = validate_topic_name(&self.ingest.dead_letter_topic) {
+        if let Err(reason) = validate_topic_name(&self.dead_letter_topic) {
             return Err(ConfigError::new(format!(
                 "ingest.dead_letter_topic: {reason}"
             )));
         }
-        for (event_type, topic) in &self.ingest.routes {
+        for (event_type, topic) in &self.routes {
             if crate::event::EventType::parse(event_type).is_none() {
                 return Err(ConfigError::new(format!(
                     "ingest.routes: unknown event type \"{event_type}\""
@@ -655,49 +367,60 @@ impl Config {
             }
         }
         for event_type in crate::event::EventType::ALL {
-            if !self.ingest.routes.contains_key(event_type.as_str()) {
+            if !self.routes.contains_key(event_type.as_str()) {
                 return Err(ConfigError::new(format!(
                     "ingest.routes: no route for event type \"{}\"",
                     event_type.as_str()
                 )));
             }
         }
-        if self.bus.kind == BusKind::Kafka {
-            let kafka = &self.bus.kafka;
-            if kafka.brokers.trim().is_empty() {
-                return Err(ConfigError::new(
-                    "bus.kafka.brokers: required when bus.kind = \"kafka\" (host:port,…)",
-                ));
-            }
-            if kafka.replication_factor < 1 {
+        Ok(())
+    }
+}
+
+impl BusConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.kind != BusKind::Kafka {
+            return Ok(());
+        }
+        let kafka = &self.kafka;
+        if kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "bus.kafka.brokers: required when bus.kind = \"kafka\" (host:port,…)",
+            ));
+        }
+        if kafka.replication_factor < 1 {
+            return Err(ConfigError::new(format!(
+                "bus.kafka.replication_factor: {} must be at least 1",
+                kafka.replication_factor
+            )));
+        }
+        if kafka.request_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "bus.kafka.request_timeout_ms: must be at least 1",
+            ));
+        }
+        for key in ["bootstrap.servers", "transactional.id", "group.id"] {
+            if kafka.properties.contains_key(key) {
                 return Err(ConfigError::new(format!(
-                    "bus.kafka.replication_factor: {} must be at least 1",
-                    kafka.replication_factor
+                    "bus.kafka.properties.\"{key}\": set by riffle (use bus.kafka.brokers / bus.kafka.transactions)"
                 )));
             }
-            if kafka.request_timeout_ms == 0 {
-                return Err(ConfigError::new(
-                    "bus.kafka.request_timeout_ms: must be at least 1",
-                ));
-            }
-            for key in ["bootstrap.servers", "transactional.id", "group.id"] {
-                if kafka.properties.contains_key(key) {
-                    return Err(ConfigError::new(format!(
-                        "bus.kafka.properties.\"{key}\": set by riffle (use bus.kafka.brokers / bus.kafka.transactions)"
-                    )));
-                }
-            }
         }
-        self.ads.validate()?;
-        self.datasets.validate()?;
-        if self.server.roles.is_empty() {
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.roles.is_empty() {
             return Err(ConfigError::new(
                 "server.roles: at least one role is required",
             ));
         }
-        if self.server.tls.enabled
-            && (self.server.tls.cert_path.as_os_str().is_empty()
-                || self.server.tls.key_path.as_os_str().is_empty())
+        if self.tls.enabled
+            && (self.tls.cert_path.as_os_str().is_empty()
+                || self.tls.key_path.as_os_str().is_empty())
         {
             return Err(ConfigError::new(
                 "server.tls: cert_path and key_path are required when enabled",
@@ -706,8 +429,21 @@ impl Config {
         Ok(())
     }
 
+    /// Where `riffle serve` keeps the generated admin token.
     pub fn admin_token_path(&self) -> PathBuf {
-        self.server.data_dir.join("admin.token")
+        self.data_dir.join("admin.token")
+    }
+}
+
+impl AuthConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+impl TelemetryConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        Ok(())
     }
 }
 
@@ -747,96 +483,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_parse_and_route_every_type() {
-        let config = Config::defaults();
-        assert_eq!(config.server.http_addr, "127.0.0.1:8080");
-        assert_eq!(config.ingest.routes["ad_click"], "ad_clicks");
-        assert_eq!(config.log.fsync, FsyncPolicy::Group);
-    }
-
-    #[test]
-    fn archive_keys_default_to_hourly_and_need_an_interval() {
-        let mut ads = Config::defaults().ads;
-        assert_eq!(
-            (ads.archive_dir.as_str(), ads.archive_interval_ms),
-            ("archive", 3_600_000)
-        );
-        ads.archive_interval_ms = 0;
-        let err = ads.validate().unwrap_err();
-        assert!(err.to_string().contains("ads.archive_interval_ms"), "{err}");
-        ads.archive_dir = String::new();
-        ads.validate()
-            .expect("no interval is needed without an archive");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected() {
-        let dir = std::env::temp_dir().join(format!("riffle-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("bad.toml");
-        std::fs::write(&file, "[log]\nsegmnet_bytes = 5\n").unwrap();
-        let err = Config::load(&ConfigSources {
-            files: vec![file],
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("segmnet_bytes"), "{err}");
-    }
-
-    #[test]
-    fn layers_apply_in_order() {
-        let dir = std::env::temp_dir().join(format!("riffle-cfg2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cwd = dir.join("riffle.toml");
-        std::fs::write(
-            &cwd,
-            "[log]\ndefault_partitions = 7\nsegment_bytes = 8192\n",
-        )
-        .unwrap();
-        let extra = dir.join("extra.toml");
-        std::fs::write(&extra, "[log]\ndefault_partitions = 9\n").unwrap();
-        let config = Config::load(&ConfigSources {
-            cwd_file: Some(cwd),
-            files: vec![extra],
-            overrides: vec![("server.http_addr".into(), "127.0.0.1:9999".into())],
-            use_env: false,
-        })
-        .unwrap();
-        assert_eq!(config.log.default_partitions, 9);
-        assert_eq!(config.log.segment_bytes, 8192);
-        assert_eq!(config.server.http_addr, "127.0.0.1:9999");
-    }
-
-    #[test]
-    fn bad_values_name_the_key() {
-        let dir = std::env::temp_dir().join(format!("riffle-cfg3-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("r.toml");
-        std::fs::write(&file, "[ingest.routes]\nad_klick = \"x\"\n").unwrap();
-        let err = Config::load(&ConfigSources {
-            files: vec![file],
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("ad_klick"), "{err}");
+    fn core_defaults_parse() {
+        assert_eq!(ServerConfig::defaults().http_addr, "127.0.0.1:8080");
+        assert_eq!(IngestConfig::defaults().routes["ad_click"], "ad_clicks");
+        assert_eq!(LogConfig::defaults().fsync, FsyncPolicy::Group);
+        for result in [
+            ServerConfig::defaults().validate(),
+            BusConfig::defaults().validate(),
+            LogConfig::defaults().validate(),
+            IngestConfig::defaults().validate(),
+        ] {
+            result.expect("defaults are valid");
+        }
     }
 
     #[test]
     fn ingest_limits_that_would_refuse_everything_are_rejected() {
-        let mut config = Config::defaults();
-        config.ingest.max_inflight_bytes = 1024;
-        let err = config.validate().unwrap_err().to_string();
+        let mut ingest = IngestConfig::defaults();
+        ingest.max_inflight_bytes = 1024;
+        let err = ingest.validate().unwrap_err().to_string();
         assert!(
             err.contains("ingest.max_inflight_bytes: 1024 is below"),
             "{err}"
         );
-        let mut config = Config::defaults();
-        config.ingest.max_events_per_request = 0;
-        let err = config.validate().unwrap_err().to_string();
+        let mut ingest = IngestConfig::defaults();
+        ingest.max_events_per_request = 0;
+        let err = ingest.validate().unwrap_err().to_string();
         assert!(
             err.contains("ingest.max_events_per_request: must be at least 1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn roles_are_validated_naming_the_key() {
+        let mut server = ServerConfig::defaults();
+        server.roles.clear();
+        assert!(server
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("server.roles:"));
+        assert_eq!(
+            Role::parse("datasets-consume").unwrap(),
+            Role::DatasetsConsume
+        );
+        assert!(Role::parse("everything")
+            .unwrap_err()
+            .to_string()
+            .contains("\"everything\""));
     }
 
     #[test]
@@ -847,89 +542,5 @@ mod tests {
         assert!(validate_topic_name(".hidden").is_err());
         assert!(validate_topic_name("a.b").is_ok());
         assert!(validate_topic_name("").is_err());
-    }
-}
-
-#[cfg(test)]
-mod example_tests {
-    use super::*;
-
-    /// The example shipped at the repository root must always load.
-    #[test]
-    fn shipped_example_config_parses() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../riffle.example.toml");
-        let config = Config::load(&ConfigSources {
-            files: vec![path],
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(config.log.segment_bytes, 128 << 20);
-        assert_eq!(config.ingest.routes["ad_impression"], "prod.ad_impressions");
-        assert_eq!(
-            config.ingest.routes["ad_click"], "ad_clicks",
-            "unlisted routes keep defaults"
-        );
-        assert_eq!(config.telemetry.log_format, LogFormat::Json);
-        assert_eq!(config.datasets.tokens.len(), 1);
-        assert_eq!(config.datasets.tokens[0].publish, vec!["models.*", "ab.*"]);
-        assert!(config.datasets.tokens[0].consume.is_empty());
-        assert_eq!(config.server.roles, Role::ALL.to_vec(), "default roles");
-    }
-
-    #[test]
-    fn datasets_and_roles_are_validated_naming_the_key() {
-        let mut config = Config::defaults();
-        config.datasets.cache_refresh_ms = 5000;
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("datasets.cache_refresh_ms: 5000"), "{err}");
-        let mut config = Config::defaults();
-        config.datasets.tokens = vec![DatasetToken {
-            name: "ci".into(),
-            token: "short".into(),
-            publish: vec![],
-            consume: vec![],
-        }];
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("datasets.tokens[0].token:"), "{err}");
-        let mut config = Config::defaults();
-        config.datasets.tokens = vec![DatasetToken {
-            name: "ci".into(),
-            token: "long-enough-secret-0123".into(),
-            publish: vec!["bad name*".into()],
-            consume: vec![],
-        }];
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("\"bad name*\""), "{err}");
-        let mut config = Config::defaults();
-        config.server.roles.clear();
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("server.roles:"));
-        assert_eq!(Role::parse("datasets-consume"), Ok(Role::DatasetsConsume));
-        assert!(Role::parse("everything")
-            .unwrap_err()
-            .contains("\"everything\""));
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)] // figment's Jail closure signature
-    fn environment_overrides_files() {
-        // Env layering is exercised through figment's Jail so the process
-        // environment of other tests is untouched.
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("RIFFLE__LOG__FSYNC", "always");
-            jail.set_env("RIFFLE__SERVER__HTTP_ADDR", "127.0.0.1:9000");
-            let config = Config::load(&ConfigSources {
-                use_env: true,
-                ..Default::default()
-            })
-            .map_err(|e| e.to_string())?;
-            assert_eq!(config.log.fsync, FsyncPolicy::Always);
-            assert_eq!(config.server.http_addr, "127.0.0.1:9000");
-            Ok(())
-        });
     }
 }

@@ -8,7 +8,7 @@
 //! decrypted only for an authorised consumer. Tokens are compared in
 //! constant time against every candidate.
 
-use riffle_core::config::DatasetToken;
+use crate::config::DatasetToken;
 use riffle_core::ErrorCode;
 use subtle::ConstantTimeEq;
 

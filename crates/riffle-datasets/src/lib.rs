@@ -14,6 +14,7 @@
 pub mod access;
 pub mod blob;
 pub mod client;
+pub mod config;
 pub mod conformance;
 pub mod crypto;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod sqlite;
 pub mod store;
 
 pub use blob::{BlobStore, ObjectBlobStore};
+pub use config::{DatasetToken, DatasetsConfig};
 pub use error::{DatasetError, Result};
 pub use model::{Labels, Scope};
 pub use service::DatasetService;

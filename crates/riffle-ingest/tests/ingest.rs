@@ -3,21 +3,22 @@
 
 use std::sync::Arc;
 
+use riffle_core::config::{IngestConfig, Section};
 use riffle_core::event::Event;
 use riffle_core::time::ManualClock;
-use riffle_core::{config::Config, HasCode};
+use riffle_core::HasCode;
 use riffle_ingest::{BodyFormat, IngestError, Ingestor};
 use riffle_log::{partition_for_key, Admin, EmbeddedLog, EventBus, LogOptions};
 
 const NOW: i64 = 1_800_000_000_000;
 
-fn setup(tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDir, EmbeddedLog, Ingestor) {
+fn setup(tweak: impl FnOnce(&mut IngestConfig)) -> (tempfile::TempDir, EmbeddedLog, Ingestor) {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), LogOptions::default()).unwrap();
-    let mut config = Config::defaults();
+    let mut config = IngestConfig::defaults();
     tweak(&mut config);
     let bus: Arc<dyn EventBus> = Arc::new(log.clone());
-    let ingestor = Ingestor::new(bus, config.ingest.clone(), Arc::new(ManualClock::new(NOW)));
+    let ingestor = Ingestor::new(bus, config, Arc::new(ManualClock::new(NOW)));
     (dir, log, ingestor)
 }
 
@@ -140,8 +141,8 @@ async fn a_body_that_is_not_an_array_is_refused_whole() {
 #[tokio::test]
 async fn limits_on_body_and_event_count() {
     let (_dir, log, ingestor) = setup(|c| {
-        c.ingest.max_body_bytes = 10_000;
-        c.ingest.max_events_per_request = 3;
+        c.max_body_bytes = 10_000;
+        c.max_events_per_request = 3;
     });
     ingestor
         .ensure_topics(&log.options().default_topic)
@@ -177,8 +178,8 @@ async fn limits_on_body_and_event_count() {
 #[tokio::test]
 async fn backpressure_refuses_instead_of_queueing() {
     let (_dir, log, ingestor) = setup(|c| {
-        c.ingest.max_inflight_bytes = 4096;
-        c.ingest.retry_after_secs = 2;
+        c.max_inflight_bytes = 4096;
+        c.retry_after_secs = 2;
     });
     ingestor
         .ensure_topics(&log.options().default_topic)

@@ -3,6 +3,7 @@
 //! crate; it composes them.
 
 mod auth;
+pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
@@ -19,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use anyhow::Context;
-use riffle_core::config::{Config, Role};
+use riffle_core::config::Role;
 use riffle_core::time::{Clock, SystemClock};
 use riffle_ingest::Ingestor;
 use riffle_log::{EmbeddedLog, EventBus, LogOptions};

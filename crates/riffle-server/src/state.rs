@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use riffle_core::config::{Config, Role};
+use crate::config::Config;
+use riffle_core::config::Role;
 use riffle_core::time::Clock;
 use riffle_ingest::Ingestor;
 use riffle_log::{EmbeddedLog, EventBus, TopicConfig};

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use riffle_core::config::{Config, ConfigSources, LogFormat};
+use riffle_core::config::{ConfigSources, LogFormat};
 use riffle_ingest::tail::LineFormat;
+use riffle_server::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -340,8 +341,8 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if !args.roles.is_empty() {
         let mut roles = Vec::new();
         for role in &args.roles {
-            let role =
-                riffle_core::config::Role::parse(role).map_err(|e| anyhow::anyhow!("--{e}"))?;
+            let role = riffle_core::config::Role::parse(role)
+                .map_err(|e| anyhow::anyhow!("--{}", e.message()))?;
             roles.push(riffle_core::config::toml_value::Value::from(role.as_str()));
         }
         overrides.push((

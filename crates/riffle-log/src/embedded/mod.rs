@@ -93,7 +93,9 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions::from_config(&riffle_core::config::Config::defaults().log)
+        LogOptions::from_config(
+            &<riffle_core::config::LogConfig as riffle_core::config::Section>::defaults(),
+        )
     }
 }
 

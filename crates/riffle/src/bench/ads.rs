@@ -20,8 +20,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use riffle_ads::AdsConfig;
 use riffle_ads::{AdClickOperator, AdsSpec};
-use riffle_core::config::Config;
+use riffle_core::config::{LogConfig, Section};
 use riffle_core::event::{parse_event, ParseLimits};
 use riffle_core::time::{Clock, SystemClock};
 use riffle_log::{
@@ -141,7 +142,7 @@ async fn run_mode(
 ) -> anyhow::Result<()> {
     let input = input_topic(mispartitioned);
     let name = format!("{name}-mis{mispartitioned}");
-    let mut config = Config::defaults().ads;
+    let mut config = AdsConfig::defaults();
     config.pipeline = format!("bench-{name}");
     config.checkpoint_interval_ms = args.checkpoint_ms;
     config.emit_interval_ms = args.emit_ms;
@@ -266,7 +267,7 @@ async fn run_mode(
 
 pub async fn bench_ads(args: AdsBenchArgs) -> anyhow::Result<()> {
     let (dir, _guard) = super::bench_dir(args.dir.clone(), "riffle-bench-ads-")?;
-    let options = LogOptions::from_config(&Config::defaults().log);
+    let options = LogOptions::from_config(&LogConfig::defaults());
     let template = options.default_topic.clone();
     let log = EmbeddedLog::open(dir.join("log"), options)?;
     for &pct in &args.mispartitioned {

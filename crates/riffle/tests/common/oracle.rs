@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{now_ms, Server};
 
 pub const MINUTE: i64 = 60_000;
-/// The server's defaults (`[ads]` in default.toml) the generator is tuned to.
+/// The server's defaults (`[ads]` in riffle-ads/src/default.toml) the generator is tuned to.
 pub const OUT_OF_ORDERNESS: i64 = 15_000;
 pub const ALLOWED_LATENESS: i64 = 300_000;
 
