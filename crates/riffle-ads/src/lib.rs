@@ -53,6 +53,7 @@
 #[cfg(feature = "parquet")]
 pub mod archive;
 pub mod config;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 mod error;
 pub mod filter;

@@ -15,6 +15,7 @@ pub mod access;
 pub mod blob;
 pub mod client;
 pub mod config;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod crypto;
 pub mod error;

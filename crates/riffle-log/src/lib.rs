@@ -2,6 +2,7 @@
 //! the embedded durable segment log, Riffle's default bus.
 
 pub mod bus;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod embedded;
 pub mod error;

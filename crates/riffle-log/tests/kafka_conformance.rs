@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use riffle_log::kafka::test_broker::TestBroker;
 use riffle_log::kafka::KafkaBus;
 use riffle_log::EventBus;
+use riffle_testkit::broker::TestBroker;
 
 static BROKER: OnceLock<Option<TestBroker>> = OnceLock::new();
 

@@ -9,19 +9,17 @@
 //! brute-force recount of the generated events here for the filtered counts
 //! and the top-N rows.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::oracle::*;
-use common::*;
 use reqwest::StatusCode;
 use riffle_ads::{AggKey, AggregateRow, AggregateStore, RedbAggregateStore, WriteBatch};
 use riffle_sim::ads::GroundTruth;
 use riffle_sim::rng::Rng;
+use riffle_testkit::oracle::*;
+use riffle_testkit::*;
 use serde_json::{json, Value};
 
 /// How long the pipeline may take to catch up after the last event.

@@ -7,19 +7,17 @@
 //! metric, a subscription status) or a join of a spawned request with a
 //! generous timeout; nothing sleeps in place of synchronisation.
 
-mod common;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use riffle_datasets::client::{Source, Subscription, SubscriptionConfig};
+use riffle_testkit::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -224,47 +222,14 @@ async fn wait_for_parked_polls(http: &reqwest::Client, base: &str, at_least: f64
 
 // ---------------------------------------------------------------- processes
 
-/// A `riffle` command with every `RIFFLE*` variable removed, run from the
-/// test directory (so only a `riffle.toml` the test wrote there is read).
-fn riffle(dir: &TestDir) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RIFFLE") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_COLOR", "1").current_dir(dir.path());
-    cmd
-}
-
 /// `riffle datasets <args> --server <publish listener> --data-dir <data>`.
 fn datasets_cli(dir: &TestDir, server: &str, args: &[&str]) -> CliOutput {
-    let stdout_path = dir.scratch("cli.stdout");
-    let stderr_path = dir.scratch("cli.stderr");
-    let mut child = riffle(dir)
-        .arg("datasets")
-        .args(args)
-        .args(["--server", server, "--data-dir"])
-        .arg(dir.data_dir())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("spawn riffle datasets");
-    let status = wait_with_deadline(&mut child, CLI_DEADLINE);
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "`riffle datasets {}` did not finish within {CLI_DEADLINE:?}\nstderr:\n{stderr}",
-            args.join(" ")
-        )
-    });
-    CliOutput {
-        status,
-        stdout,
-        stderr,
-    }
+    let data_dir = dir.data_dir();
+    let data_dir = data_dir.to_string_lossy();
+    let mut full = vec!["datasets"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--server", server, "--data-dir", &data_dir]);
+    run_cli(dir, &full, None)
 }
 
 /// Runs a `riffle datasets` command that must succeed and print one JSON
@@ -339,7 +304,7 @@ impl Process {
         ready_base: &str,
     ) -> Result<Process, String> {
         let log = dir.scratch("serve.log");
-        let mut cmd = riffle(dir);
+        let mut cmd = riffle_command(dir);
         cmd.args(["serve", "--exit-on-stdin-eof", "--data-dir"])
             .arg(dir.data_dir())
             .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])

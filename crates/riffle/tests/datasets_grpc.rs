@@ -3,17 +3,15 @@
 //! REST surface: publish streamed in chunks, the long-poll, data download,
 //! pins, bearer-token auth and error codes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{parse_metrics, Server, TestDir};
 use futures::StreamExt;
 use riffle_server::proto::datasets_client::DatasetsClient;
 use riffle_server::proto::{
     CreateTopicRequest, GetDataRequest, GetVersionRequest, LatestRequest, LatestResponse,
     PinRequest, PublishChunk, PublishHeader, UnpinRequest, VersionInfo,
 };
+use riffle_testkit::{parse_metrics, Server, TestDir};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};

@@ -1,15 +1,13 @@
 //! End-to-end tests of the `riffle` binary: a real `riffle serve` process
 //! on 127.0.0.1, driven over HTTP, gRPC and through the CLI commands.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use reqwest::StatusCode;
+use riffle_testkit::*;
 use serde_json::{json, Value};
 
 /// 2024-05-01T12:00:00Z.

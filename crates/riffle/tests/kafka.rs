@@ -6,18 +6,16 @@
 //! interoperate with an independent Kafka client (Python confluent-kafka).
 #![cfg(feature = "kafka")]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::oracle::*;
-use common::*;
 use reqwest::StatusCode;
-use riffle_log::kafka::test_broker::TestBroker;
 use riffle_log::kafka::KafkaBus;
 use riffle_log::{Admin, ConsumerConfig, EventBus, StartPosition, TopicPartition};
+use riffle_testkit::broker::TestBroker;
+use riffle_testkit::oracle::*;
+use riffle_testkit::*;
 use serde_json::{json, Value};
 
 /// Input partitions: enough to spread over three processes.

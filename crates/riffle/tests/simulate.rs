@@ -3,16 +3,14 @@
 //! event_id, watermark = max event time − 15 s, per-minute windows, too late
 //! when window end + 5 min ≤ watermark), and the same through a real server.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::*;
 use riffle_core::event::{parse_event, ParseLimits};
 use riffle_core::time::{Clock, SystemClock};
+use riffle_testkit::*;
 use serde_json::Value;
 
 const MINUTE: i64 = 60_000;
@@ -20,7 +18,7 @@ const OUT_OF_ORDERNESS: i64 = 15_000;
 const ALLOWED_LATENESS: i64 = 300_000;
 
 fn simulate(dir: &Path, args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_riffle"))
+    let output = Command::new(riffle_bin())
         .arg("simulate")
         .arg("ads")
         .args(args)

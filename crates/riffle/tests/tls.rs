@@ -2,13 +2,11 @@
 //! refuses to start with a bad certificate); the CLI connects with
 //! `--ca-cert`. Certificates are made with the openssl command line.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_with_deadline, TestDir, BIN};
+use riffle_testkit::{free_ports, riffle_command, run_cli, wait_with_deadline, TestDir};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")
@@ -83,17 +81,9 @@ fn make_certs(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(dir: &TestDir, config: &Path, http: u16, grpc: u16) -> std::process::Child {
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    Command::new(BIN)
+    riffle_command(dir)
         .args(["serve", "--exit-on-stdin-eof", "--config"])
         .arg(config)
         .arg("--data-dir")
@@ -108,8 +98,6 @@ fn serve(dir: &TestDir, config: &Path, http: u16, grpc: u16) -> std::process::Ch
             "--datasets-consume-addr",
             "127.0.0.1:0",
         ])
-        .env_remove("RIFFLE_LOG")
-        .current_dir(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(log)
@@ -131,7 +119,7 @@ async fn https_serves_and_cli_trusts_the_given_ca() {
         ),
     )
     .unwrap();
-    let (http, grpc) = (free_port(), free_port());
+    let [http, grpc] = free_ports::<2>();
     let mut child = serve(&dir, &config, http, grpc);
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
@@ -166,37 +154,29 @@ async fn https_serves_and_cli_trusts_the_given_ca() {
         "plain HTTP must not be served on the TLS port"
     );
 
-    let output = Command::new(BIN)
-        .args([
+    let server = format!("https://127.0.0.1:{http}");
+    let ca = dir.path().join("ca.pem");
+    let data_dir = dir.data_dir();
+    let output = run_cli(
+        &dir,
+        &[
             "topics",
             "list",
             "--server",
-            &format!("https://127.0.0.1:{http}"),
+            &server,
             "--ca-cert",
-        ])
-        .arg(dir.path().join("ca.pem"))
-        .arg("--data-dir")
-        .arg(dir.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+            &ca.to_string_lossy(),
+            "--data-dir",
+            &data_dir.to_string_lossy(),
+        ],
+        None,
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("ad_clicks"));
+    output.assert_success();
+    assert!(output.stdout.contains("ad_clicks"), "{}", output.stdout);
 
     // Without the CA the CLI refuses the certificate.
-    let output = Command::new(BIN)
-        .args([
-            "topics",
-            "list",
-            "--server",
-            &format!("https://127.0.0.1:{http}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
+    let output = run_cli(&dir, &["topics", "list", "--server", &server], None);
+    assert!(!output.status.success(), "{}", output.stdout);
 
     // SAFETY: kill(2) on the pid of a child this test spawned and has not
     // reaped yet; no memory is involved.
@@ -221,7 +201,8 @@ fn a_bad_certificate_stops_startup_with_a_clear_error() {
         ),
     )
     .unwrap();
-    let mut child = serve(&dir, &config, free_port(), free_port());
+    let [http, grpc] = free_ports::<2>();
+    let mut child = serve(&dir, &config, http, grpc);
     let status = wait_with_deadline(&mut child, Duration::from_secs(20))
         .expect("serve exits on a bad certificate");
     assert!(!status.success());

@@ -1,11 +1,13 @@
-//! End-to-end harness: runs the real `riffle` binary (server and CLI) in a
-//! private temporary directory and talks to it over HTTP on 127.0.0.1.
+//! Riffle's test kit: runs the real `riffle` binary (server and CLI) in a
+//! private temporary directory and talks to it over HTTP on 127.0.0.1; the
+//! tansu test broker; latency percentiles; the ad click oracle. A
+//! dev-dependency only: nothing here reaches the release binary.
 //!
 //! Waiting is always a bounded poll on an observable condition (readiness,
 //! process exit), never a sleep standing in for synchronisation.
 
-#![allow(dead_code)]
-
+pub mod broker;
+pub mod latency;
 pub mod oracle;
 
 use std::collections::BTreeMap;
@@ -15,12 +17,38 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_riffle");
+pub use latency::Latencies;
+
+/// The `riffle` binary under test: `$RIFFLE_TEST_BIN` if set, else the
+/// `riffle` that cargo built next to the running test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/riffle`; cargo builds
+/// a package's binaries before its integration tests).
+pub fn riffle_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("RIFFLE_TEST_BIN") {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("path of the test executable");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable is in target/<profile>/deps");
+        let bin = profile_dir.join(format!("riffle{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            bin.exists(),
+            "{} does not exist: run the test with cargo from the `riffle` package (or set RIFFLE_TEST_BIN)",
+            bin.display()
+        );
+        bin
+    })
+}
 
 /// How long the server may take to become ready, a CLI command to finish,
 /// or the server to exit after a signal.
@@ -33,6 +61,12 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 pub struct TestDir {
     tmp: tempfile::TempDir,
     counter: AtomicU64,
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        TestDir::new()
+    }
 }
 
 impl TestDir {
@@ -71,10 +105,11 @@ impl TestDir {
     }
 }
 
-/// A command with the environment cleared of every `RIFFLE*` variable, run
-/// from the test directory so no stray `./riffle.toml` is picked up.
-fn riffle_command(dir: &TestDir) -> Command {
-    let mut cmd = Command::new(BIN);
+/// A `riffle` command with the environment cleared of every `RIFFLE*`
+/// variable, run from the test directory so no stray `./riffle.toml` is
+/// picked up (only one the test wrote there).
+pub fn riffle_command(dir: &TestDir) -> Command {
+    let mut cmd = Command::new(riffle_bin());
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("RIFFLE") {
             cmd.env_remove(&key);
@@ -98,6 +133,43 @@ pub fn wait_with_deadline(child: &mut Child, deadline: Duration) -> Option<ExitS
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `riffle <args>` from the test directory (environment cleared of
+/// `RIFFLE*`), feeding `stdin` if given, and waits for it (bounded by
+/// [`CLI_DEADLINE`]; a command that does not finish fails the test).
+pub fn run_cli(dir: &TestDir, args: &[&str], stdin: Option<&str>) -> CliOutput {
+    let stdout_path = dir.scratch("cli.stdout");
+    let stderr_path = dir.scratch("cli.stderr");
+    let mut cmd = riffle_command(dir);
+    cmd.args(args)
+        .stdout(File::create(&stdout_path).unwrap())
+        .stderr(File::create(&stderr_path).unwrap())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("spawn riffle CLI");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+        // Dropping the pipe closes stdin (EOF).
+    }
+    let status = wait_with_deadline(&mut child, CLI_DEADLINE);
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "`riffle {}` did not finish within {CLI_DEADLINE:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" ")
+        )
+    });
+    CliOutput {
+        status,
+        stdout,
+        stderr,
     }
 }
 
@@ -292,39 +364,10 @@ impl Server {
     }
 
     pub fn cli_with_stdin(&self, dir: &TestDir, args: &[&str], stdin: Option<&str>) -> CliOutput {
-        let stdout_path = dir.scratch("cli.stdout");
-        let stderr_path = dir.scratch("cli.stderr");
-        let mut cmd = riffle_command(dir);
-        cmd.args(args)
-            .args(["--server", &self.base, "--data-dir"])
-            .arg(&self.data_dir)
-            .stdout(File::create(&stdout_path).unwrap())
-            .stderr(File::create(&stderr_path).unwrap())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-        let mut child = cmd.spawn().expect("spawn riffle CLI");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            pipe.write_all(input.as_bytes()).expect("write stdin");
-            // Dropping the pipe closes stdin (EOF).
-        }
-        let status = wait_with_deadline(&mut child, CLI_DEADLINE);
-        let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        let status = status.unwrap_or_else(|| {
-            panic!(
-                "`riffle {}` did not finish within {CLI_DEADLINE:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-                args.join(" ")
-            )
-        });
-        CliOutput {
-            status,
-            stdout,
-            stderr,
-        }
+        let data_dir = self.data_dir.to_string_lossy();
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["--server", &self.base, "--data-dir", &data_dir]);
+        run_cli(dir, &full, stdin)
     }
 
     /// `riffle consume <args> ` → the printed records.

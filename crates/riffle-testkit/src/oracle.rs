@@ -11,7 +11,7 @@ use riffle_ads::{rank_cmp, AggKey, AggregateStore, RedbAggregateStore};
 use riffle_sim::ads::{AdsConfig as SimConfig, AdsGenerator, Category, GroundTruth};
 use serde_json::Value;
 
-use super::{now_ms, Server};
+use crate::{now_ms, Server};
 
 pub const MINUTE: i64 = 60_000;
 /// The server's defaults (`[ads]` in riffle-ads/src/default.toml) the generator is tuned to.
