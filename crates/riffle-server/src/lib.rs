@@ -27,6 +27,7 @@ use riffle_core::time::{Clock, SystemClock};
 use riffle_ingest::Ingestor;
 use riffle_log::{EmbeddedLog, EventBus, LogOptions};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::state::{AppState, Services};
@@ -313,7 +314,6 @@ pub async fn serve(
         datasets_consume: consume_listener,
         bound,
     } = bind_listeners(&config).await?;
-    let roles = &config.server.roles;
     on_bound(bound);
     let show = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
     info!(
@@ -350,103 +350,26 @@ pub async fn serve(
 
     // Recover the log in the background so health and readiness answer
     // while a large log is scanned.
-    let core_roles = roles
-        .iter()
-        .any(|r| matches!(r, Role::Ingest | Role::Process | Role::Serve));
-    let recovery = {
-        let config = config.clone();
-        let services_tx = services_tx.clone();
-        let stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            if !core_roles {
-                info!("ready (no ingest, process or serve role: the log is not opened)");
-                return Ok(());
-            }
-            let result = start_services(&config, admin_token, stop_rx).await;
-            match result {
-                Ok(services) => {
-                    let _ = services_tx.send(Some(services));
-                    info!("ready");
-                    Ok(())
-                }
-                Err(e) => {
-                    error!(error = %format!("{e:#}"), "startup failed");
-                    Err(e)
-                }
-            }
-        })
-    };
-
+    let recovery = spawn_recovery(&config, admin_token, services_tx.clone(), stop_rx.clone());
     let state = AppState {
         config: config.clone(),
         services: services_rx.clone(),
     };
-    let router = rest::router(state);
-
-    let http_task = {
-        let mut stop = stop_rx.clone();
-        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        let http_tls = http_tls.clone();
-        tokio::spawn(async move {
-            let handle = axum_server::Handle::new();
-            let stopper = {
-                let handle = handle.clone();
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                    handle.graceful_shutdown(Some(grace));
-                }
-            };
-            tokio::spawn(stopper);
-            let app = router.into_make_service();
-            if let Some(rustls) = http_tls {
-                axum_server::from_tcp_rustls(http_listener, rustls)
-                    .handle(handle)
-                    .serve(app)
-                    .await?;
-            } else {
-                axum_server::from_tcp(http_listener)
-                    .handle(handle)
-                    .serve(app)
-                    .await?;
-            }
-            anyhow::Ok(())
-        })
-    };
-
-    let grpc_task = {
-        let mut stop = stop_rx.clone();
-        let service = grpc::IngestService {
-            services: services_rx.clone(),
-            ingest_role: roles.contains(&Role::Ingest),
-        };
-        let datasets_service =
-            grpc::datasets::server(datasets_rx.clone(), roles.contains(&Role::DatasetsPublish));
-        let tls_identity = tls_identity.clone();
-        let max_message = config.ingest.max_body_bytes;
-        tokio::spawn(async move {
-            let mut builder = tonic::transport::Server::builder();
-            if let Some((cert, key)) = tls_identity {
-                builder = builder.tls_config(
-                    tonic::transport::ServerTlsConfig::new()
-                        .identity(tonic::transport::Identity::from_pem(cert, key)),
-                )?;
-            }
-            builder
-                .add_service(
-                    proto::ingest_server::IngestServer::new(service)
-                        .max_decoding_message_size(max_message),
-                )
-                .add_service(datasets_service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                )
-                .await?;
-            anyhow::Ok(())
-        })
-    };
+    let http_task = spawn_http(
+        http_listener,
+        rest::router(state),
+        http_tls,
+        &config,
+        stop_rx.clone(),
+    );
+    let grpc_task = spawn_grpc(
+        grpc_listener,
+        &config,
+        services_rx,
+        datasets_rx,
+        tls_identity,
+        stop_rx.clone(),
+    );
 
     let mut stop = stop_rx.clone();
     let recovery_result = tokio::select! {
@@ -462,9 +385,144 @@ pub async fn serve(
         }
     }
     let _ = stop.wait_for(|s| *s).await;
+    shut_down(
+        &config,
+        http_task,
+        grpc_task,
+        datasets_threads,
+        datasets_tasks,
+        services_tx.borrow().clone(),
+    )
+    .await?;
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Opens the log and starts the pipelines in the background (when this
+/// process runs a role that needs them) and publishes the services once
+/// ready; an error ends `serve`.
+fn spawn_recovery(
+    config: &Arc<Config>,
+    admin_token: String,
+    services_tx: watch::Sender<Option<Arc<Services>>>,
+    stop_rx: watch::Receiver<bool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let core_roles = config
+        .server
+        .roles
+        .iter()
+        .any(|r| matches!(r, Role::Ingest | Role::Process | Role::Serve));
+    let config = config.clone();
+    tokio::spawn(async move {
+        if !core_roles {
+            info!("ready (no ingest, process or serve role: the log is not opened)");
+            return Ok(());
+        }
+        match start_services(&config, admin_token, stop_rx).await {
+            Ok(services) => {
+                let _ = services_tx.send(Some(services));
+                info!("ready");
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "startup failed");
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Serves the REST router on the main listener (HTTPS when TLS is on)
+/// until the stop signal, then drains connections for the grace period.
+fn spawn_http(
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    config: &Config,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    tokio::spawn(async move {
+        let handle = axum_server::Handle::new();
+        let stopper = {
+            let handle = handle.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+                handle.graceful_shutdown(Some(grace));
+            }
+        };
+        tokio::spawn(stopper);
+        let app = router.into_make_service();
+        if let Some(rustls) = tls {
+            axum_server::from_tcp_rustls(listener, rustls)
+                .handle(handle)
+                .serve(app)
+                .await?;
+        } else {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Serves gRPC ingest and datasets on the gRPC listener until the stop
+/// signal.
+fn spawn_grpc(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    services: watch::Receiver<Option<Arc<Services>>>,
+    datasets: watch::Receiver<Option<Arc<rest::datasets::DatasetsState>>>,
+    tls_identity: Option<(Vec<u8>, Vec<u8>)>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let roles = &config.server.roles;
+    let service = grpc::IngestService {
+        services,
+        ingest_role: roles.contains(&Role::Ingest),
+    };
+    let datasets_service = grpc::datasets::server(datasets, roles.contains(&Role::DatasetsPublish));
+    let max_message = config.ingest.max_body_bytes;
+    tokio::spawn(async move {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls_identity {
+            builder = builder.tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )?;
+        }
+        builder
+            .add_service(
+                proto::ingest_server::IngestServer::new(service)
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(datasets_service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+/// The shutdown sequence after the stop signal: drain HTTP and gRPC (open
+/// gRPC streams get the same grace as HTTP connections), stop the dataset
+/// listeners, let the pipelines emit and checkpoint, close the log.
+async fn shut_down(
+    config: &Config,
+    http_task: JoinHandle<anyhow::Result<()>>,
+    grpc_task: JoinHandle<anyhow::Result<()>>,
+    datasets_threads: DatasetThreads,
+    datasets_tasks: Vec<JoinHandle<()>>,
+    services: Option<Arc<Services>>,
+) -> anyhow::Result<()> {
     info!("shutting down: draining connections");
     let http_result = http_task.await.context("http task")?;
-    // Open gRPC streams get the same grace as HTTP connections.
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let grpc_abort = grpc_task.abort_handle();
     let grpc_result =
@@ -492,7 +550,6 @@ pub async fn serve(
     for task in datasets_tasks {
         let _ = task.await;
     }
-    let services = services_tx.borrow().clone();
     if let Some(services) = services {
         if let Some(ads) = &services.ads {
             // Tasks saw the stop signal: they emit, checkpoint and return.
@@ -507,7 +564,6 @@ pub async fn serve(
     }
     http_result?;
     grpc_result?;
-    info!("shutdown complete");
     Ok(())
 }
 
