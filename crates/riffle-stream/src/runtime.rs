@@ -89,7 +89,9 @@ use tokio::time::Instant;
 use crate::checkpoint::{CheckpointStore, RepartitionPosition, TaskCheckpoint};
 use crate::error::{Result, StreamError};
 use crate::metrics;
-use crate::operator::{CheckpointId, Collector, Operator, OperatorProgress, MAX_COUNTERS};
+use crate::operator::{
+    CheckpointId, Collector, CounterSpec, Operator, OperatorProgress, MAX_COUNTERS,
+};
 
 /// Header of a forwarded record: source partition (u32 LE) + source offset
 /// (u64 LE).
@@ -498,9 +500,43 @@ fn check_task<O: Operator>(config: &TaskConfig, op: &O) -> Result<()> {
             counters.len()
         ));
     }
+    check_counters(counters).or_else(refuse)
+}
+
+/// Names a counter cannot take: counters are flattened into the task's
+/// status object, beside these fields of [`TaskSnapshot`] and the fields a
+/// pipeline report adds next to a snapshot (`lag`, `idle`).
+pub const RESERVED_COUNTER_NAMES: &[&str] = &[
+    "partition",
+    "state",
+    "error",
+    "processed_offset",
+    "end_offset",
+    "committed_offset",
+    "watermark",
+    "max_event_time",
+    "records_in",
+    "records_out",
+    "forwarded_out",
+    "forwarded_in",
+    "repartition_offset",
+    "restored_from",
+    "last_checkpoint",
+    "last_record_ms",
+    "lag",
+    "idle",
+];
+
+fn check_counters(counters: &[CounterSpec]) -> Result<(), String> {
     for (i, counter) in counters.iter().enumerate() {
         if counters[..i].iter().any(|c| c.name == counter.name) {
-            return refuse(format!("counter {:?} is declared twice", counter.name));
+            return Err(format!("counter {:?} is declared twice", counter.name));
+        }
+        if RESERVED_COUNTER_NAMES.contains(&counter.name) {
+            return Err(format!(
+                "counter {:?} has the name of a status field",
+                counter.name
+            ));
         }
     }
     Ok(())
@@ -1350,5 +1386,49 @@ where
             });
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod counter_name_tests {
+    use super::*;
+
+    const fn spec(name: &'static str) -> CounterSpec {
+        CounterSpec {
+            name,
+            metric: "riffle_test_total",
+            help: "test",
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_the_status_fields() {
+        let snapshot = serde_json::to_value(TaskSnapshot::default()).unwrap();
+        let fields: std::collections::BTreeSet<&str> = snapshot
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut reserved: std::collections::BTreeSet<&str> =
+            RESERVED_COUNTER_NAMES.iter().copied().collect();
+        for added_by_reports in ["lag", "idle"] {
+            assert!(reserved.remove(added_by_reports));
+        }
+        assert_eq!(fields, reserved);
+    }
+
+    #[test]
+    fn duplicate_and_reserved_counter_names_are_refused() {
+        assert!(check_counters(&[spec("late"), spec("duplicates")]).is_ok());
+        let twice = check_counters(&[spec("late"), spec("late")]).unwrap_err();
+        assert!(twice.contains("\"late\" is declared twice"), "{twice}");
+        for name in ["state", "lag", "watermark"] {
+            let error = check_counters(&[spec(name)]).unwrap_err();
+            assert!(
+                error.contains(&format!("{name:?} has the name of a status field")),
+                "{error}"
+            );
+        }
     }
 }
