@@ -99,7 +99,7 @@ impl AdsConfig {
             ("aggregates_topic", &self.aggregates_topic),
         ] {
             if let Err(reason) = validate_topic_name(topic) {
-                return err(key, reason);
+                return err(key, reason.to_string());
             }
         }
         if self.input_topic == self.aggregates_topic {
@@ -192,7 +192,7 @@ impl AdsConfig {
             }
             for (j, range) in filter.ip.iter().enumerate() {
                 if let Err(reason) = riffle_core::net::Cidr::parse(range) {
-                    return err(&format!("filters[{i}].ip[{j}]"), reason);
+                    return err(&format!("filters[{i}].ip[{j}]"), reason.to_string());
                 }
             }
         }

@@ -52,6 +52,7 @@ use std::sync::Arc;
 
 use crate::config::AdsConfig;
 use foldhash::fast::RandomState;
+use riffle_core::codec::FormatError;
 use riffle_core::codec::Reader;
 use riffle_core::config::{ConfigError, Section};
 use riffle_core::event::{Event, EventBody, ParseLimits};
@@ -498,14 +499,14 @@ impl AdClickOperator {
         out
     }
 
-    fn decode_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn decode_state(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
         let mut r = Reader::new(bytes);
         if r.array::<4>("magic")? != *MAGIC {
             return Err("bad magic".into());
         }
         let version = r.u32("version")?;
         if version != STATE_VERSION {
-            return Err(format!("unsupported state version {version}"));
+            return Err(format!("unsupported state version {version}").into());
         }
         let max_event_time = r.i64("max_event_time")?;
         self.max_event_time = (max_event_time != i64::MIN).then_some(max_event_time);
@@ -581,7 +582,7 @@ impl AdClickOperator {
             }
         }
         if !r.is_empty() {
-            return Err(format!("{} trailing bytes", r.remaining()));
+            return Err(format!("{} trailing bytes", r.remaining()).into());
         }
         Ok(())
     }
@@ -841,7 +842,7 @@ impl Operator for AdClickOperator {
         self.decode_state(state)
             .map_err(|reason| StreamError::CorruptSnapshot {
                 what: "ad click operator",
-                reason,
+                reason: reason.to_string(),
             })
     }
 

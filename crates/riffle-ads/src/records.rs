@@ -29,6 +29,7 @@
 //! `beyond_dedup_horizon`, `malformed`, `wrong_type`), `detail` (free text)
 //! and `watermark` (the task watermark in epoch ms, decimal).
 
+use riffle_core::codec::FormatError;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{AggregateRow, PartialTop, TopRow};
@@ -58,8 +59,8 @@ pub enum AggregateRecord {
 }
 
 impl AggregateRecord {
-    pub fn decode(bytes: &[u8]) -> Result<AggregateRecord, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    pub fn decode(bytes: &[u8]) -> Result<AggregateRecord, FormatError> {
+        serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid(e.to_string()))
     }
 }
 

@@ -45,12 +45,35 @@ impl ReadError {
     }
 }
 
-/// For decoders whose errors are plain reasons that the caller wraps in
-/// its typed error (`CorruptSnapshot { what, reason }`), so `?` works on
-/// reads.
-impl From<ReadError> for String {
-    fn from(error: ReadError) -> String {
-        error.to_string()
+/// Why bytes are not a valid instance of a format: a read failed, or a
+/// check of the format itself did (magic, version, checksum, lengths). The
+/// caller wraps it in its own error with its context (a corrupt snapshot,
+/// a corrupt batch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A failed check, for `return Err(format!(…).into())` in decoders.
+impl From<String> for FormatError {
+    fn from(reason: String) -> FormatError {
+        FormatError::Invalid(reason)
+    }
+}
+
+impl From<&str> for FormatError {
+    fn from(reason: &str) -> FormatError {
+        FormatError::Invalid(reason.to_owned())
+    }
+}
+
+/// Stored bytes that do not decode are lost data, whatever the reason.
+impl crate::HasCode for FormatError {
+    fn code(&self) -> crate::ErrorCode {
+        crate::ErrorCode::DataLoss
     }
 }
 

@@ -449,14 +449,14 @@ impl TelemetryConfig {
 
 /// Topic names: 1–200 bytes of `[A-Za-z0-9._-]`, not starting with `.`
 /// (they are directory names on disk and path segments in the HTTP API).
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
+pub fn validate_topic_name(name: &str) -> Result<(), crate::InvalidValue> {
     if name.is_empty() || name.len() > 200 {
-        return Err(format!("topic name \"{name}\" must be 1 to 200 characters"));
+        return Err(format!("topic name \"{name}\" must be 1 to 200 characters").into());
     }
     // Names starting with '.' are reserved for the log's staging and
     // deletion directories.
     if name.starts_with('.') {
-        return Err(format!("topic name \"{name}\" must not start with '.'"));
+        return Err(format!("topic name \"{name}\" must not start with '.'").into());
     }
     if let Some(bad) = name
         .chars()
@@ -464,7 +464,8 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "topic name \"{name}\" has invalid character {bad:?} (allowed: A-Z a-z 0-9 . _ -)"
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -537,7 +538,10 @@ mod tests {
     #[test]
     fn topic_names_are_checked() {
         assert!(validate_topic_name("ad_clicks").is_ok());
-        assert!(validate_topic_name("a/b").unwrap_err().contains("'/'"));
+        assert!(validate_topic_name("a/b")
+            .unwrap_err()
+            .message()
+            .contains("'/'"));
         assert!(validate_topic_name("..").is_err());
         assert!(validate_topic_name(".hidden").is_err());
         assert!(validate_topic_name("a.b").is_ok());

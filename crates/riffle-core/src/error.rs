@@ -3,6 +3,35 @@
 
 use serde::Serialize;
 
+/// A value that is not valid where it was given (a topic name, a CIDR
+/// range, a seed line); the message names the value and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(String);
+
+impl InvalidValue {
+    pub fn new(message: impl Into<String>) -> InvalidValue {
+        InvalidValue(message.into())
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+/// For `?` on helpers whose reasons are strings.
+impl From<String> for InvalidValue {
+    fn from(message: String) -> InvalidValue {
+        InvalidValue(message)
+    }
+}
+
+impl HasCode for InvalidValue {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidArgument
+    }
+}
+
 /// A failure class. Crates keep their own `thiserror` enums and map each
 /// variant to one of these codes at the API boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -8,7 +8,7 @@ pub mod event;
 pub mod net;
 pub mod time;
 
-pub use error::{ErrorCode, HasCode};
+pub use error::{ErrorCode, HasCode, InvalidValue};
 
 /// For conformance suites, whose checks return `Result<(), String>`:
 /// returns `Err` with the formatted message unless `$cond` holds.

@@ -12,7 +12,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
+    pub fn parse(text: &str) -> Result<Cidr, crate::InvalidValue> {
         let (addr, prefix) = text
             .split_once('/')
             .ok_or_else(|| format!("{text:?} is not a CIDR range like \"10.0.0.0/8\""))?;
@@ -27,7 +27,7 @@ impl Cidr {
             .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?;
         let cidr = Cidr { base, prefix };
         if cidr.bits(base) != cidr.bits(base) & cidr.mask() {
-            return Err(format!("{text:?}: host bits must be zero"));
+            return Err(format!("{text:?}: host bits must be zero").into());
         }
         Ok(cidr)
     }
@@ -112,19 +112,20 @@ mod tests {
     #[test]
     fn errors_name_the_value() {
         assert_eq!(
-            Cidr::parse("10.1.0.0/8").unwrap_err(),
+            Cidr::parse("10.1.0.0/8").unwrap_err().message(),
             "\"10.1.0.0/8\": host bits must be zero"
         );
         assert_eq!(
-            Cidr::parse("10.0.0.0").unwrap_err(),
+            Cidr::parse("10.0.0.0").unwrap_err().message(),
             "\"10.0.0.0\" is not a CIDR range like \"10.0.0.0/8\""
         );
         assert_eq!(
-            Cidr::parse("10.0.0.0/33").unwrap_err(),
+            Cidr::parse("10.0.0.0/33").unwrap_err().message(),
             "\"10.0.0.0/33\": prefix length must be 0..=32"
         );
         assert!(Cidr::parse("x/8")
             .unwrap_err()
+            .message()
             .contains("not an IP address"));
     }
 }

@@ -28,6 +28,7 @@ use std::net::IpAddr;
 
 use riffle_core::event::{Event, EventBody};
 use riffle_core::time::{parse_rfc3339_ms, TimeError};
+use riffle_core::InvalidValue;
 
 /// The tag every seed ad-click line starts with.
 pub const AD_CLICK_TAG: &str = "[AdClickEvent]";
@@ -41,10 +42,10 @@ const FIELD_NAMES: [&str; 5] = ["ad_id", "time", "user", "ip", "country"];
 /// # Errors
 ///
 /// A lowercase reason naming the malformed part, see the module docs.
-pub fn parse_seed_line(line: &str) -> Result<Event<'_>, String> {
+pub fn parse_seed_line(line: &str) -> Result<Event<'_>, InvalidValue> {
     let trimmed = line.trim();
     let Some(rest) = trimmed.strip_prefix(AD_CLICK_TAG) else {
-        return Err(describe_bad_tag(trimmed));
+        return Err(describe_bad_tag(trimmed).into());
     };
 
     let mut fields = [""; 5];
@@ -61,15 +62,12 @@ pub fn parse_seed_line(line: &str) -> Result<Event<'_>, String> {
         return Err(format!(
             "expected {} comma-separated fields after \"{AD_CLICK_TAG}\", got {count}",
             fields.len()
-        ));
+        )
+        .into());
     }
     for (index, value) in fields.iter().enumerate() {
         if value.is_empty() {
-            return Err(format!(
-                "field {} ({}): empty",
-                index + 1,
-                FIELD_NAMES[index]
-            ));
+            return Err(format!("field {} ({}): empty", index + 1, FIELD_NAMES[index]).into());
         }
     }
     let [ad_id, time, user, ip, country] = fields;
@@ -77,10 +75,10 @@ pub fn parse_seed_line(line: &str) -> Result<Event<'_>, String> {
     let event_time = parse_seed_time(time)?;
     let user_id = strip_user_word(user);
     if user_id.is_empty() {
-        return Err(format!("field 3 (user): no id after {user:?}"));
+        return Err(format!("field 3 (user): no id after {user:?}").into());
     }
     if ip.parse::<IpAddr>().is_err() {
-        return Err(format!("field 4 (ip): invalid ip address {ip:?}"));
+        return Err(format!("field 4 (ip): invalid ip address {ip:?}").into());
     }
 
     Ok(Event {
@@ -101,7 +99,11 @@ pub fn parse_seed_line(line: &str) -> Result<Event<'_>, String> {
 /// # Errors
 ///
 /// As [`parse_seed_line`]; nothing is appended then.
-pub fn seed_line_to_json(line: &str, event_id: &str, out: &mut Vec<u8>) -> Result<(), String> {
+pub fn seed_line_to_json(
+    line: &str,
+    event_id: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), InvalidValue> {
     let mut event = parse_seed_line(line)?;
     event.event_id = Some(Cow::Borrowed(event_id));
     event.write_json(out);
@@ -310,7 +312,11 @@ mod tests {
             ),
         ];
         for (line, expected) in cases {
-            assert_eq!(parse_seed_line(line).unwrap_err(), expected, "{line}");
+            assert_eq!(
+                parse_seed_line(line).unwrap_err().message(),
+                expected,
+                "{line}"
+            );
         }
     }
 

@@ -1157,7 +1157,7 @@ fn encode_line(
     if is_seed {
         let text = std::str::from_utf8(text)
             .map_err(|error| format!("invalid utf-8 after byte {}", error.valid_up_to()))?;
-        let mut event = seed::parse_seed_line(text)?;
+        let mut event = seed::parse_seed_line(text).map_err(|error| error.to_string())?;
         event.event_id = Some(Cow::Owned(source.event_id(offset)));
         event.validate(limits).map_err(|error| error.to_string())?;
         event.write_json(out);

@@ -70,3 +70,10 @@ impl HasCode for BusError {
         }
     }
 }
+
+/// A topic or group name that is not valid.
+impl From<riffle_core::InvalidValue> for BusError {
+    fn from(error: riffle_core::InvalidValue) -> BusError {
+        BusError::InvalidArgument(error.message().to_owned())
+    }
+}

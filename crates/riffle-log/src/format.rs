@@ -26,7 +26,7 @@
 //! its records parse to exactly `count` records filling `length` bytes.
 
 use bytes::Bytes;
-use riffle_core::codec::{ReadError, Reader};
+use riffle_core::codec::{FormatError, ReadError, Reader};
 
 pub const BATCH_HEADER_LEN: usize = 48;
 /// Bytes of the header that the CRC does not cover (base_offset, length, crc).
@@ -125,7 +125,7 @@ impl RecordBatch {
 
     /// Checks that the records parse back exactly (lengths, counts): the
     /// log refuses a batch that would be unreadable once written.
-    pub fn check_framing(&self) -> Result<(), String> {
+    pub fn check_framing(&self) -> Result<(), FormatError> {
         check_records(&self.buf, self.count)
     }
 
@@ -261,21 +261,22 @@ impl BatchHeader {
 
     /// Parses the fixed header; checks only what can be checked without the
     /// body (magic, length bounds, count).
-    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, String> {
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
         if bytes.len() < BATCH_HEADER_LEN {
             return Err(format!(
                 "header truncated ({} of {BATCH_HEADER_LEN} bytes)",
                 bytes.len()
-            ));
+            )
+            .into());
         }
         let (header, magic) = Self::read(&mut Reader::new(&bytes[..BATCH_HEADER_LEN]))
             .map_err(|e| format!("header {e}"))?;
         if magic != MAGIC {
-            return Err(format!("bad magic {magic}"));
+            return Err(format!("bad magic {magic}").into());
         }
         let total = header.total_len();
         if !(BATCH_HEADER_LEN..=MAX_BATCH_BYTES).contains(&total) {
-            return Err(format!("implausible batch length {}", header.length));
+            return Err(format!("implausible batch length {}", header.length).into());
         }
         if header.count == 0 {
             return Err("batch with zero records".into());
@@ -312,28 +313,26 @@ impl BatchHeader {
 
 /// Fully validates one batch at the start of `bytes` (header, CRC, record
 /// framing). Returns the header; `bytes` must hold the whole batch.
-pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, String> {
+pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
     let header = BatchHeader::parse(bytes)?;
     let total = header.total_len();
     if bytes.len() < total {
-        return Err(format!(
-            "batch truncated ({} of {total} bytes)",
-            bytes.len()
-        ));
+        return Err(format!("batch truncated ({} of {total} bytes)", bytes.len()).into());
     }
     let crc = crc32c::crc32c(&bytes[CRC_START..total]);
     if crc != header.crc {
         return Err(format!(
             "crc mismatch (stored {:#010x}, computed {crc:#010x})",
             header.crc
-        ));
+        )
+        .into());
     }
     check_records(&bytes[BATCH_HEADER_LEN..total], header.count)?;
     Ok(header)
 }
 
 /// Checks that `data` holds exactly `count` well-framed records.
-fn check_records(data: &[u8], count: u32) -> Result<(), String> {
+fn check_records(data: &[u8], count: u32) -> Result<(), FormatError> {
     let mut iter = RecordIter {
         data,
         pos: 0,
@@ -406,7 +405,7 @@ pub struct RecordIter<'a> {
 }
 
 impl<'a> RecordIter<'a> {
-    fn next_checked(&mut self) -> Option<Result<RecordView<'a>, String>> {
+    fn next_checked(&mut self) -> Option<Result<RecordView<'a>, FormatError>> {
         if self.remaining == 0 {
             return None;
         }
@@ -414,7 +413,7 @@ impl<'a> RecordIter<'a> {
         Some(self.parse_one())
     }
 
-    fn parse_one(&mut self) -> Result<RecordView<'a>, String> {
+    fn parse_one(&mut self) -> Result<RecordView<'a>, FormatError> {
         let data = self.data;
         let start = self.pos;
         let truncated = |e: ReadError| format!("record at byte {start}: {e}");
@@ -446,7 +445,7 @@ impl<'a> RecordIter<'a> {
                 .map_err(truncated)?;
         }
         if r.position() != end {
-            return Err(format!("record length {len} does not match its fields"));
+            return Err(format!("record length {len} does not match its fields").into());
         }
         let view = RecordView {
             offset: self.next_offset,

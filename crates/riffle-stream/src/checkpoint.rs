@@ -40,7 +40,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use riffle_core::codec::Reader;
+use riffle_core::codec::{FormatError, Reader};
 
 use crate::error::{Result, StreamError};
 use crate::operator::CheckpointId;
@@ -157,9 +157,9 @@ pub fn encode(checkpoint: &TaskCheckpoint) -> Vec<u8> {
 }
 
 /// Parses [`encode`]'s output, checking magic, version, length and checksum.
-pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
+pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, FormatError> {
     if bytes.len() < HEADER_LEN + 4 {
-        return Err(format!("{} bytes is shorter than a header", bytes.len()));
+        return Err(format!("{} bytes is shorter than a header", bytes.len()).into());
     }
     let (body, crc) = bytes.split_last_chunk::<4>().expect("longer than a header");
     let stored = u32::from_le_bytes(*crc);
@@ -167,7 +167,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
     if stored != computed {
         return Err(format!(
             "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        ));
+        )
+        .into());
     }
     let mut r = Reader::new(body);
     if r.array::<4>("magic")? != *MAGIC {
@@ -175,7 +176,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
     }
     let version = r.u32("version")?;
     if version != 1 && version != FORMAT_VERSION {
-        return Err(format!("unsupported version {version}"));
+        return Err(format!("unsupported version {version}").into());
     }
     let id = r.u64("id")?;
     let input_offset = r.u64("input_offset")?;
@@ -191,7 +192,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
     if version >= 2 {
         let part_len = r.remaining();
         if part_len < 20 {
-            return Err(format!("repartition part truncated ({part_len} bytes)"));
+            return Err(format!("repartition part truncated ({part_len} bytes)").into());
         }
         repartition.offset = r.u64("rp_offset")?;
         repartition.round = r.u64("rp_round")?;
@@ -200,7 +201,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
             return Err(format!(
                 "repartition part is {part_len} bytes, {origins} origins need {}",
                 20 + origins * 8
-            ));
+            )
+            .into());
         }
         repartition.origins = (0..origins)
             .map(|_| r.u64("origin"))
@@ -208,7 +210,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TaskCheckpoint, String> {
     } else if !r.is_empty() {
         return Err(format!(
             "state length {state_len} does not match the file ({after_header} bytes of state)"
-        ));
+        )
+        .into());
     }
     Ok(TaskCheckpoint {
         id,

@@ -38,7 +38,10 @@ pub(crate) struct Groups {
 
 pub(crate) fn validate_group_name(group: &str) -> Result<()> {
     riffle_core::config::validate_topic_name(group).map_err(|e| {
-        BusError::InvalidArgument(format!("group: {}", e.replace("topic name", "group name")))
+        BusError::InvalidArgument(format!(
+            "group: {}",
+            e.message().replace("topic name", "group name")
+        ))
     })
 }
 

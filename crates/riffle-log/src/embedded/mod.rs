@@ -671,7 +671,7 @@ impl EventBus for EmbeddedLog {
 
 fn create_topic(inner: &Inner, name: &str, config: TopicConfig) -> Result<TopicMetadata> {
     inner.check_open()?;
-    validate_topic_name(name).map_err(BusError::InvalidArgument)?;
+    validate_topic_name(name)?;
     config.validate()?;
     // Topic creation and deletion are serialised by `admin`; the topic map
     // itself is write-locked only for the insert, so appends and reads

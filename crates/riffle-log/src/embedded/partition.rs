@@ -570,7 +570,7 @@ fn read_batches(
         let header = match BatchHeader::parse(&buf[pos..]) {
             Ok(header) => header,
             Err(_) if keep_start.is_some() => break,
-            Err(reason) => return Err(segment.corrupt(position + pos as u64, reason)),
+            Err(reason) => return Err(segment.corrupt(position + pos as u64, reason.to_string())),
         };
         let total = header.total_len();
         if pos + total > buf.len() {
@@ -591,7 +591,7 @@ fn read_batches(
             if keep_start.is_some() {
                 break;
             }
-            return Err(segment.corrupt(position + pos as u64, reason));
+            return Err(segment.corrupt(position + pos as u64, reason.to_string()));
         }
         if header.next_offset() > min_offset && keep_start.is_none() {
             keep_start = Some(pos);

@@ -311,7 +311,7 @@ pub(crate) fn scan_segment(
         let header = match BatchHeader::parse(&buf[rel..]) {
             Ok(h) => h,
             Err(reason) => {
-                result.invalid_tail = Some(reason);
+                result.invalid_tail = Some(reason.to_string());
                 break;
             }
         };
@@ -334,7 +334,7 @@ pub(crate) fn scan_segment(
         }
         let rel = (pos - buf_start) as usize;
         if let Err(reason) = validate_batch(&buf[rel..rel + total as usize]) {
-            result.invalid_tail = Some(reason);
+            result.invalid_tail = Some(reason.to_string());
             break;
         }
         if header.base_offset != result.end_offset {
