@@ -19,7 +19,6 @@
 //!    HTTP/JSON gateway (one connection each), a put, each watcher's delay
 //!    until its event arrives. Skipped with a reason when `etcd` is absent.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -32,6 +31,10 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Barrier};
 use tokio::task::JoinSet;
+
+use super::harness::{
+    free_port, ms, pdeathsig, total_memory_gib, wait_http_ok, Latencies, ServeChild, ServeOptions,
+};
 
 const TOPIC: &str = "bench.model";
 const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -72,9 +75,14 @@ pub async fn bench_datasets(args: DatasetsBenchArgs) -> anyhow::Result<()> {
         args.rounds,
         args.payload_bytes,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        total_memory_gib()
+        total_memory_gib().unwrap_or(0.0)
     );
-    let server = RiffleServer::start(&std::env::current_exe()?, &dir)?;
+    let mut server = ServeChild::start(ServeOptions {
+        current_dir: Some(dir.clone()),
+        roles: Some("datasets-publish,datasets-consume".into()),
+        dataset_ports: true,
+        ..ServeOptions::new(dir.join("data"))
+    })?;
     let control = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -84,7 +92,7 @@ pub async fn bench_datasets(args: DatasetsBenchArgs) -> anyhow::Result<()> {
         .trim()
         .to_string();
     let create = control
-        .post(format!("{}/v1/datasets/topics", server.publish))
+        .post(format!("{}/v1/datasets/topics", server.publish()))
         .bearer_auth(&token)
         .json(&json!({"name": TOPIC, "retention_count": 10}))
         .send()
@@ -94,7 +102,7 @@ pub async fn bench_datasets(args: DatasetsBenchArgs) -> anyhow::Result<()> {
     }
     let publish = |round: usize| {
         let control = control.clone();
-        let url = format!("{}/v1/datasets/topics/{TOPIC}/versions", server.publish);
+        let url = format!("{}/v1/datasets/topics/{TOPIC}/versions", server.publish());
         let token = token.clone();
         let payload = vec![b'a' + (round % 26) as u8; args.payload_bytes];
         async move {
@@ -153,7 +161,7 @@ pub async fn bench_datasets(args: DatasetsBenchArgs) -> anyhow::Result<()> {
 /// rounds of the p99 delay.
 async fn riffle_propagation<F, Fut>(
     args: &DatasetsBenchArgs,
-    server: &RiffleServer,
+    server: &ServeChild,
     control: &reqwest::Client,
     first: u64,
     publish: F,
@@ -170,7 +178,7 @@ where
         let client = client.clone();
         let url = format!(
             "{}/v1/datasets/topics/{TOPIC}/latest?labels=app=bench&wait=60s",
-            server.consume
+            server.consume()
         );
         let arrivals = arrivals_tx.clone();
         let mut stop = stop_rx.clone();
@@ -202,16 +210,16 @@ where
     drop(arrivals_tx);
     let mut p99s = Vec::new();
     for round in 1..=args.rounds {
-        wait_for_waiting(control, &server.consume, args.subscribers).await?;
+        wait_for_waiting(control, server.consume(), args.subscribers).await?;
         let sent = Instant::now();
         let version = publish(round).await?;
         let acked = sent.elapsed();
-        let mut delays = Vec::with_capacity(args.subscribers);
+        let mut delays = Latencies::new();
         let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
-        while delays.len() < args.subscribers {
+        while delays.len() < args.subscribers as u64 {
             let next = tokio::time::timeout_at(deadline, arrivals_rx.recv()).await;
             match next {
-                Ok(Some((v, at))) if v == version => delays.push(at.duration_since(sent)),
+                Ok(Some((v, at))) if v == version => delays.record(at.duration_since(sent)),
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("subscribers stopped"),
                 Err(_) => bail!(
@@ -222,16 +230,15 @@ where
                 ),
             }
         }
-        delays.sort();
-        let p99 = percentile(&delays, 0.99);
+        let p99 = delays.quantile(0.99);
         p99s.push(p99);
         println!(
             "riffle round {round}: version {version} published (ack {:.1} ms) → all {} subscribers updated: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             ms(acked),
             args.subscribers,
-            ms(percentile(&delays, 0.50)),
+            ms(delays.quantile(0.50)),
             ms(p99),
-            ms(*delays.last().unwrap())
+            ms(delays.quantile(1.0))
         );
     }
     let _ = stop_tx.send(true);
@@ -284,10 +291,10 @@ async fn wait_for_waiting(client: &reqwest::Client, base: &str, n: usize) -> any
     }
 }
 
-async fn consume_throughput(args: &DatasetsBenchArgs, server: &RiffleServer) -> anyhow::Result<()> {
+async fn consume_throughput(args: &DatasetsBenchArgs, server: &ServeChild) -> anyhow::Result<()> {
     let url = format!(
         "{}/v1/datasets/topics/{TOPIC}/latest?labels=app=bench",
-        server.consume
+        server.consume()
     );
     if let Some(wrk) = find_binary("wrk") {
         let output = Command::new(wrk)
@@ -448,26 +455,25 @@ async fn etcd_propagation(
         if !response.status().is_success() {
             bail!("etcd put: {}", response.status());
         }
-        let mut delays = Vec::with_capacity(args.subscribers);
-        while delays.len() < args.subscribers {
+        let mut delays = Latencies::new();
+        while delays.len() < args.subscribers as u64 {
             let (got, at) = tokio::time::timeout(WAIT_TIMEOUT, arrivals_rx.recv())
                 .await
                 .context("etcd watch events missing")?
                 .context("etcd watchers ended")?;
             if got == value {
-                delays.push(at.duration_since(sent));
+                delays.record(at.duration_since(sent));
             }
         }
-        delays.sort();
-        let p99 = percentile(&delays, 0.99);
+        let p99 = delays.quantile(0.99);
         p99s.push(p99);
         println!(
             "etcd round {round}: put (ack {:.1} ms) → all {} watchers notified: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             ms(acked),
             args.subscribers,
-            ms(percentile(&delays, 0.50)),
+            ms(delays.quantile(0.50)),
             ms(p99),
-            ms(*delays.last().unwrap())
+            ms(delays.quantile(1.0))
         );
     }
     watchers.abort_all();
@@ -493,74 +499,6 @@ fn find_binary(name: &str) -> Option<PathBuf> {
 
 fn find_etcd() -> Option<PathBuf> {
     find_binary("etcd")
-}
-
-fn pdeathsig(command: &mut Command) {
-    // SAFETY: runs in the forked child before exec and only calls prctl,
-    // which is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-struct RiffleServer {
-    child: Child,
-    publish: String,
-    consume: String,
-}
-
-impl RiffleServer {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<RiffleServer> {
-        let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
-        let mut command = Command::new(bin);
-        command
-            .args(["serve", "--roles", "datasets-publish,datasets-consume"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--http-addr", &format!("127.0.0.1:{}", ports[0])])
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", ports[1])])
-            .args([
-                "--datasets-publish-addr",
-                &format!("127.0.0.1:{}", ports[2]),
-            ])
-            .args([
-                "--datasets-consume-addr",
-                &format!("127.0.0.1:{}", ports[3]),
-            ])
-            .env("RIFFLE_LOG", "warn")
-            .current_dir(dir)
-            .stdout(Stdio::null());
-        pdeathsig(&mut command);
-        let child = command.spawn().context("starting riffle serve")?;
-        Ok(RiffleServer {
-            child,
-            publish: format!("http://127.0.0.1:{}", ports[2]),
-            consume: format!("http://127.0.0.1:{}", ports[3]),
-        })
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) -> anyhow::Result<()> {
-        wait_http_ok(client, &format!("{}/readyz", self.consume)).await?;
-        wait_http_ok(client, &format!("{}/readyz", self.publish)).await
-    }
-}
-
-impl Drop for RiffleServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Etcd {
@@ -596,7 +534,7 @@ impl Etcd {
     }
 
     async fn wait_ready(&self, client: &reqwest::Client) -> anyhow::Result<()> {
-        wait_http_ok(client, &format!("{}/health", self.base)).await
+        wait_http_ok(client, &format!("{}/health", self.base), WAIT_TIMEOUT).await
     }
 }
 
@@ -604,21 +542,6 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-async fn wait_http_ok(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        if started.elapsed() > WAIT_TIMEOUT {
-            bail!("{url} not ready after {} s", WAIT_TIMEOUT.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -634,27 +557,4 @@ fn raise_fd_limit(want: u64) {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-fn total_memory_gib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / (1024.0 * 1024.0))
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

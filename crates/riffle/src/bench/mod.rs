@@ -4,6 +4,7 @@
 
 mod ads;
 mod datasets;
+mod harness;
 #[cfg(feature = "kafka")]
 mod scale;
 mod serve;
@@ -17,6 +18,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use riffle_core::config::FsyncPolicy;
 use riffle_log::{Admin, EmbeddedLog, LogOptions, Producer, RecordBatch, TopicConfig};
+
+use harness::{ms, now_ms, total_memory_gib, wait_http_ok, Latencies, ServeChild, ServeOptions};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -214,22 +217,10 @@ pub(crate) fn print_machine() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+    let mem = total_memory_gib()
+        .map(|gib| format!("{gib:.1} GiB"))
         .unwrap_or_else(|| "unknown".into());
-    let now = riffle_core::time::format_rfc3339_ms(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    );
+    let now = riffle_core::time::format_rfc3339_ms(now_ms());
     println!(
         "machine: {cores} cores, {mem} memory; date {now}; riffle {}",
         env!("CARGO_PKG_VERSION")
@@ -298,7 +289,7 @@ async fn bench_log(
         let value = value.clone();
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies = Latencies::new();
             let mut round = 0u32;
             loop {
                 let first = next.fetch_add(batch as u64, Ordering::Relaxed);
@@ -314,14 +305,14 @@ async fn bench_log(
                 round += 1;
                 let t = Instant::now();
                 log.append("bench", partition, b).await?;
-                latencies.push(t.elapsed());
+                latencies.record(t.elapsed());
             }
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::new();
     for t in tasks {
-        latencies.extend(t.await??);
+        latencies.merge(&t.await??);
     }
     let elapsed = started.elapsed();
     let disk_bytes: u64 = log
@@ -334,7 +325,6 @@ async fn bench_log(
     let rps = records as f64 / elapsed.as_secs_f64();
     let payload_mbs = (records as f64 * record_bytes as f64) / elapsed.as_secs_f64() / 1e6;
     let disk_mbs = disk_bytes as f64 / elapsed.as_secs_f64() / 1e6;
-    latencies.sort();
     println!(
         "append: {:.2} s, {:.0} records/s, {:.1} MB/s payload, {:.1} MB/s written (batch headers and record framing included)",
         elapsed.as_secs_f64(),
@@ -344,9 +334,9 @@ async fn bench_log(
     );
     println!(
         "append latency per {batch}-record batch: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct(&latencies, 0.50),
-        pct(&latencies, 0.99),
-        pct(&latencies, 1.0)
+        ms(latencies.quantile(0.50)),
+        ms(latencies.quantile(0.99)),
+        ms(latencies.quantile(1.0))
     );
 
     // Consume: one reader, one partition after another, every record visited.
@@ -390,14 +380,6 @@ async fn bench_log(
     Ok(())
 }
 
-fn pct(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 /// Runs dd with fdatasync in `dir` and returns MB/s (10^6 bytes).
 fn dd_bandwidth(dir: &Path, mib: u64) -> anyhow::Result<f64> {
     let target = dir.join("riffle-dd.tmp");
@@ -427,25 +409,6 @@ fn dd_bandwidth(dir: &Path, mib: u64) -> anyhow::Result<f64> {
     Ok((mib << 20) as f64 / seconds / 1e6)
 }
 
-/// Stops the benchmark's server (SIGTERM: graceful) when dropped.
-struct ServerChild(std::process::Child);
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of our own child, not reaped yet.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -467,52 +430,32 @@ async fn bench_ingest(
     let (dir, _guard) = bench_dir(dir, ".riffle-bench-ingest-")?;
     // The server runs as its own process, as in production, so the load
     // generator does not share its runtime (they still share the cores).
-    let mut child = None;
-    let base = match server {
-        Some(url) => url,
-        None => {
-            let port = free_port()?;
-            let grpc_port = free_port()?;
-            let spawned = ServerChild(
-                std::process::Command::new(std::env::current_exe()?)
-                    .arg("serve")
-                    .args(["--datasets-publish-addr", "127.0.0.1:0"])
-                    .args(["--datasets-consume-addr", "127.0.0.1:0"])
-                    .arg("--data-dir")
-                    .arg(dir.join("data"))
-                    .arg("--http-addr")
-                    .arg(format!("127.0.0.1:{port}"))
-                    .arg("--grpc-addr")
-                    .arg(format!("127.0.0.1:{grpc_port}"))
-                    .env(
-                        "RIFFLE__INGEST__MAX_INFLIGHT_BYTES",
-                        (512u64 << 20).to_string(),
-                    )
-                    .env("RIFFLE_LOG", "warn")
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .context("starting riffle serve")?,
-            );
-            child = Some(spawned);
-            format!("http://127.0.0.1:{port}")
-        }
-    };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()?;
-    // Wait for readiness.
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                break;
-            }
+    let mut child = None;
+    let base = match server {
+        Some(url) => {
+            // Wait for readiness.
+            wait_http_ok(&client, &format!("{url}/readyz"), harness::READY_TIMEOUT).await?;
+            url
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        None => {
+            let mut spawned = ServeChild::start(ServeOptions {
+                env: vec![(
+                    "RIFFLE__INGEST__MAX_INFLIGHT_BYTES".into(),
+                    (512u64 << 20).to_string(),
+                )],
+                ..ServeOptions::new(dir.join("data"))
+            })?;
+            spawned.wait_ready(&client).await?;
+            let base = spawned.base().to_string();
+            child = Some(spawned);
+            base
+        }
+    };
     // Pre-built bodies so the client spends its time sending, not formatting.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
+    let now_ms = now_ms() as u64;
     let bodies: Vec<bytes::Bytes> = (0..64u64)
         .map(|b| {
             let mut body = String::with_capacity(batch * 130);
@@ -538,7 +481,7 @@ async fn bench_ingest(
         requests * batch as u64,
         if child.is_some() { format!("child process at {base} (load generator and server share the machine)") } else { base.clone() }
     );
-    let server_pid = child.as_ref().map(|c| c.0.id());
+    let server_pid = child.as_ref().map(|c| c.pid());
     let rss_start = server_pid.map_or(0, |pid| rss_kib(pid, "VmRSS:"));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -563,7 +506,7 @@ async fn bench_ingest(
         let bodies = bodies.clone();
         let url = format!("{base}/v1/events");
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies = Latencies::new();
             let mut throttled = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -592,24 +535,23 @@ async fn bench_ingest(
                             String::from_utf8_lossy(&bytes)
                         );
                     }
-                    latencies.push(t.elapsed());
+                    latencies.record(t.elapsed());
                     break;
                 }
             }
             anyhow::Ok((latencies, throttled))
         }));
     }
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::new();
     let mut throttled = 0;
     for t in tasks {
         let (l, th) = t.await??;
-        latencies.extend(l);
+        latencies.merge(&l);
         throttled += th;
     }
     let elapsed = started.elapsed();
     sampling.store(false, Ordering::Relaxed);
     let samples = sampler.await?;
-    latencies.sort();
     let sent = requests * batch as u64;
     println!(
         "ingest: {:.2} s, {:.0} events/s, {:.1} MB/s of NDJSON",
@@ -621,9 +563,9 @@ async fn bench_ingest(
     );
     println!(
         "ack latency per {batch}-event request: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; 429 responses: {throttled}",
-        pct(&latencies, 0.5),
-        pct(&latencies, 0.99),
-        pct(&latencies, 1.0)
+        ms(latencies.quantile(0.5)),
+        ms(latencies.quantile(0.99)),
+        ms(latencies.quantile(1.0))
     );
     if let Some(pid) = server_pid {
         let tail = &samples[samples.len() / 2..];

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,8 @@ use riffle_core::event::{parse_event, ParseLimits};
 use riffle_log::kafka::{KafkaBus, KafkaOptions};
 use riffle_log::{partition_for_key, EmbeddedLog, EventBus, LogOptions, RecordBatch, TopicConfig};
 use riffle_sim::ads::{AdsConfig as SimConfig, AdsGenerator};
+
+use super::harness::{ServeChild, ServeOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct ScaleOutArgs {
@@ -59,25 +60,10 @@ pub struct ScaleOutArgs {
     pub dir: Option<PathBuf>,
 }
 
-/// Kills a child (SIGKILL) when dropped; `stop` ends it with SIGTERM.
-struct Member(Child);
-
-impl Member {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
+/// A member process of a run: `riffle serve --roles process`. `kill` ends
+/// it with SIGKILL; dropping it ends it at once (SIGTERM and its stdin
+/// closed, see [`ServeOptions::exit_on_stdin_eof`]).
+type Member = ServeChild;
 
 /// CPU seconds (user + system) process `pid` has used, from /proc (0 once
 /// it is gone).
@@ -103,7 +89,7 @@ fn cpu_seconds_of(pid: u32) -> f64 {
 }
 
 fn members_cpu(members: &[Member]) -> f64 {
-    members.iter().map(|m| cpu_seconds_of(m.0.id())).sum()
+    members.iter().map(|m| cpu_seconds_of(m.pid())).sum()
 }
 
 fn generate(args: &ScaleOutArgs, mispartitioned: u32) -> anyhow::Result<Vec<(u32, RecordBatch)>> {
@@ -206,46 +192,33 @@ impl Run {
         index: usize,
         config: &Path,
         kafka: bool,
-    ) -> anyhow::Result<(Member, u16)> {
+    ) -> anyhow::Result<Member> {
         let data = dir.join(format!("{}-{index}", self.pipeline));
         std::fs::create_dir_all(&data)?;
-        let log = std::fs::File::create(data.with_extension("log"))?;
-        let http = super::free_port()?;
-        let exe = std::env::current_exe()?;
-        let mut command = Command::new(exe);
-        command
-            .args([
-                "serve",
-                "--exit-on-stdin-eof",
-                "--roles",
-                "process",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{http}"))
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .arg("--config")
-            .arg(config)
-            .env("RIFFLE__ADS__PIPELINE", &self.pipeline)
-            .env("RIFFLE__ADS__INPUT_TOPIC", &self.input)
-            .env(
-                "RIFFLE__ADS__AGGREGATES_TOPIC",
+        let mut env = vec![
+            ("RIFFLE__ADS__PIPELINE".into(), self.pipeline.clone()),
+            ("RIFFLE__ADS__INPUT_TOPIC".into(), self.input.clone()),
+            (
+                "RIFFLE__ADS__AGGREGATES_TOPIC".into(),
                 format!("{}.aggregates", self.pipeline),
-            )
-            .env("RIFFLE__ADS__ARCHIVE_DIR", "")
+            ),
+            ("RIFFLE__ADS__ARCHIVE_DIR".into(), String::new()),
             // Commits every 50 ms: progress is observed at that grain, so
             // the measured window must span many of them.
-            .env("RIFFLE__ADS__EMIT_INTERVAL_MS", "50")
-            .env("RIFFLE_LOG", "warn")
-            // Exits with the benchmark, however it ends.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log);
+            ("RIFFLE__ADS__EMIT_INTERVAL_MS".into(), "50".into()),
+        ];
         if !kafka {
-            command.env("RIFFLE__BUS__KIND", "embedded");
+            env.push(("RIFFLE__BUS__KIND".into(), "embedded".into()));
         }
-        Ok((Member(command.spawn()?), http))
+        ServeChild::start(ServeOptions {
+            roles: Some("process".into()),
+            args: vec!["--config".into(), config.into()],
+            env,
+            stderr: Some(data.with_extension("log")),
+            // Exits with the benchmark, however it ends.
+            exit_on_stdin_eof: true,
+            ..ServeOptions::new(data)
+        })
     }
 }
 
@@ -254,16 +227,16 @@ enum Progress<'a> {
     /// From the brokers (the group's committed offsets).
     Kafka(&'a dyn EventBus),
     /// From the one process's `GET /v1/pipelines` (the embedded log is
-    /// inside that process).
-    Http(reqwest::Client, u16),
+    /// inside that process), at its base URL.
+    Http(reqwest::Client, String),
 }
 
 impl Progress<'_> {
     async fn committed(&self, run: &Run) -> anyhow::Result<BTreeMap<u32, u64>> {
         match self {
             Progress::Kafka(bus) => Ok(bus.committed_offsets(&run.pipeline, &run.input).await?),
-            Progress::Http(client, port) => {
-                let url = format!("http://127.0.0.1:{port}/v1/pipelines");
+            Progress::Http(client, base) => {
+                let url = format!("{base}/v1/pipelines");
                 let Ok(response) = client.get(&url).send().await else {
                     return Ok(BTreeMap::new());
                 };
@@ -365,7 +338,7 @@ async fn rebalance(
     fill(kafka, &run.input, &batches, args.partitions).await?;
     let mut members = Vec::new();
     for i in 0..3 {
-        members.push(run.spawn(work, i, config, true)?.0);
+        members.push(run.spawn(work, i, config, true)?);
     }
     let progress = Progress::Kafka(kafka);
     let until = Instant::now() + Duration::from_secs(600);
@@ -379,7 +352,7 @@ async fn rebalance(
     let before = progress.committed(&run).await?;
     let pre_rate = (before.values().sum::<u64>() - s0) as f64 / t0.elapsed().as_secs_f64();
     let killed_at = Instant::now();
-    members[0].kill();
+    members[0].kill()?;
     // A partition "moves again" at its first commit after the kill.
     let at_kill = progress.committed(&run).await?;
     let mut moved: BTreeMap<u32, Duration> = BTreeMap::new();
@@ -471,8 +444,8 @@ pub async fn bench_scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         let log = EmbeddedLog::open(data.join("log"), LogOptions::default())?;
         fill(&log, &run.input, &batches, args.partitions).await?;
         log.close()?;
-        let (member, http) = run.spawn(&work, 0, &config, false)?;
-        let progress = Progress::Http(reqwest::Client::new(), http);
+        let member = run.spawn(&work, 0, &config, false)?;
+        let progress = Progress::Http(reqwest::Client::new(), member.base().to_string());
         let members = [member];
         let m = measure(&progress, &run, &members, deadline).await?;
         drop(members);
@@ -497,7 +470,7 @@ pub async fn bench_scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
             let run = Run::new(&format!("kafka{n}-mis{pct}"), args.events);
             fill(kafka.as_ref(), &run.input, &batches, args.partitions).await?;
             let members: Vec<Member> = (0..n)
-                .map(|i| run.spawn(&work, i, &config, true).map(|(m, _)| m))
+                .map(|i| run.spawn(&work, i, &config, true))
                 .collect::<anyhow::Result<_>>()?;
             let m = measure(&Progress::Kafka(kafka.as_ref()), &run, &members, deadline).await?;
             drop(members);

@@ -18,9 +18,7 @@
 //!    slow case), the server is SIGKILLed and restarted on the same data
 //!    directory, and timed until every pipeline partition runs with no lag.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +31,8 @@ use serde::Deserialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
+
+use super::harness::{ms, now_ms, Latencies, ServeChild, ServeOptions};
 
 /// Distinct ads, as in `riffle bench ads`.
 const ADS: u32 = 2_000_000;
@@ -59,7 +59,7 @@ const POPULAR_WINDOW_MINUTES: u32 = 5;
 /// The `aggregated_count` range: the last five minutes (current one included).
 const COUNT_RANGE_MINUTES: i64 = 5;
 const MINUTE_MS: i64 = 60_000;
-/// Longest wait for a server to become ready or a pipeline to catch up.
+/// Longest wait for a pipeline to catch up (readiness: the harness's own).
 const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct AdsServeArgs {
@@ -93,7 +93,17 @@ pub async fn bench_ads_serve(args: AdsServeArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let mut server = Server::start(&server_bin, &dir)?;
+    // The benchmark directory is the server's working directory (so that no
+    // stray ./riffle.toml is picked up) and parent of its data directory.
+    let mut server = ServeChild::start(ServeOptions {
+        bin: Some(server_bin.clone()),
+        current_dir: Some(dir.clone()),
+        env: vec![(
+            "RIFFLE__ADS__CHECKPOINT_INTERVAL_MS".into(),
+            CHECKPOINT_INTERVAL_MS.to_string(),
+        )],
+        ..ServeOptions::new(dir.join("data"))
+    })?;
     server.wait_ready(&client).await?;
     println!(
         "bench ads-serve: {} serve as a child process (load generator and server share the machine), data dir {}, {ADS} ads (Zipf {ZIPF_EXPONENT}), checkpoint interval {} s",
@@ -110,12 +120,12 @@ pub async fn bench_ads_serve(args: AdsServeArgs) -> anyhow::Result<()> {
 
 async fn measure_freshness(
     client: &reqwest::Client,
-    server: &Server,
+    server: &ServeChild,
     rate: f64,
     seconds: u64,
     run_id: i64,
 ) -> anyhow::Result<()> {
-    let base = server.base.clone();
+    let base = server.base().to_string();
     let before = scrape_metrics(client, &base).await?;
     let (stop, stopped) = watch::channel(false);
     let mut ingest = tokio::spawn(ingest_at_rate(
@@ -148,16 +158,15 @@ async fn measure_freshness(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = scrape_metrics(client, &base).await?;
 
-    let mut acks = ingested.acks;
-    acks.sort_unstable();
+    let acks = &ingested.acks;
     println!(
         "freshness load: {} ad_click events in {:.2} s = {:.0} events/s (target {rate:.0}/s; a request every {} ms, up to {INGEST_CONNECTIONS} in flight); ack p50 {:.2} ms, p99 {:.2} ms; 429 responses: {}",
         ingested.events,
         ingested.elapsed.as_secs_f64(),
         ingested.events as f64 / ingested.elapsed.as_secs_f64(),
         INGEST_TICK.as_millis(),
-        ms(percentile(&acks, 0.50)),
-        ms(percentile(&acks, 0.99)),
+        ms(acks.quantile(0.50)),
+        ms(acks.quantile(0.99)),
         ingested.throttled
     );
     let freshness = bucket_deltas(
@@ -179,15 +188,14 @@ async fn measure_freshness(
         bucket_bound(&freshness, 0.99),
         bucket_bound(&freshness, 1.0)
     );
-    let mut delays = probed.delays;
-    delays.sort_unstable();
+    let delays = &probed.delays;
     println!(
         "freshness, client probe (send of a click on a fresh ad to its count being 1, {} probes, polled every {} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} timed out after {} s  (goal: p99 <= 1 s)",
         delays.len(),
         PROBE_POLL.as_millis(),
-        ms(percentile(&delays, 0.50)),
-        ms(percentile(&delays, 0.99)),
-        ms(percentile(&delays, 1.0)),
+        ms(delays.quantile(0.50)),
+        ms(delays.quantile(0.99)),
+        ms(delays.quantile(1.0)),
         probed.timed_out,
         PROBE_TIMEOUT.as_secs()
     );
@@ -201,12 +209,12 @@ const QUERY_NAMES: [&str; 2] = ["aggregated_count", "popular_ads"];
 
 async fn measure_queries(
     client: &reqwest::Client,
-    server: &Server,
+    server: &ServeChild,
     connections: usize,
     seconds: u64,
     run_id: i64,
 ) -> anyhow::Result<()> {
-    let base = server.base.clone();
+    let base = server.base().to_string();
     let zipf = Arc::new(Zipf::new(ADS, ZIPF_EXPONENT));
     let before = scrape_metrics(client, &base).await?;
     let started = Instant::now();
@@ -221,26 +229,25 @@ async fn measure_queries(
             deadline,
         ));
     }
-    let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut latencies = [Latencies::new(), Latencies::new()];
     while let Some(joined) = tasks.join_next().await {
         let [counts, populars] = joined??;
-        latencies[AGGREGATED_COUNT].extend(counts);
-        latencies[POPULAR_ADS].extend(populars);
+        latencies[AGGREGATED_COUNT].merge(&counts);
+        latencies[POPULAR_ADS].merge(&populars);
     }
     let elapsed = started.elapsed();
     let after = scrape_metrics(client, &base).await?;
 
-    let mut all: Vec<Duration> = latencies.iter().flatten().copied().collect();
-    all.sort_unstable();
-    for l in &mut latencies {
-        l.sort_unstable();
+    let mut all = Latencies::new();
+    for l in &latencies {
+        all.merge(l);
     }
-    let per_query = |sorted: &[Duration]| {
+    let per_query = |l: &Latencies| {
         format!(
             "p50 {:.3} / p99 {:.3} / p999 {:.3} ms",
-            ms(percentile(sorted, 0.50)),
-            ms(percentile(sorted, 0.99)),
-            ms(percentile(sorted, 0.999))
+            ms(l.quantile(0.50)),
+            ms(l.quantile(0.99)),
+            ms(l.quantile(0.999))
         )
     };
     println!(
@@ -249,9 +256,9 @@ async fn measure_queries(
         elapsed.as_secs_f64(),
         all.len() as f64 / elapsed.as_secs_f64(),
         100 - POPULAR_PERCENT,
-        ms(percentile(&all, 0.50)),
-        ms(percentile(&all, 0.99)),
-        ms(percentile(&all, 0.999)),
+        ms(all.quantile(0.50)),
+        ms(all.quantile(0.99)),
+        ms(all.quantile(0.999)),
         per_query(&latencies[AGGREGATED_COUNT]),
         per_query(&latencies[POPULAR_ADS]),
     );
@@ -287,9 +294,9 @@ async fn query_load(
     zipf: Arc<Zipf>,
     seed: u64,
     deadline: Instant,
-) -> anyhow::Result<[Vec<Duration>; 2]> {
+) -> anyhow::Result<[Latencies; 2]> {
     let mut rng = Rng::new(seed);
-    let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut latencies = [Latencies::new(), Latencies::new()];
     let popular_url =
         format!("{base}/v1/ads/popular_ads?count={POPULAR_COUNT}&window={POPULAR_WINDOW_MINUTES}");
     while Instant::now() < deadline {
@@ -317,14 +324,14 @@ async fn query_load(
         if !status.is_success() {
             bail!("GET {url}: {status} {}", String::from_utf8_lossy(&body));
         }
-        latencies[query].push(started.elapsed());
+        latencies[query].record(started.elapsed());
     }
     Ok(latencies)
 }
 
 async fn measure_recovery(
     client: &reqwest::Client,
-    server: &mut Server,
+    server: &mut ServeChild,
     rate: f64,
     run_id: i64,
 ) -> anyhow::Result<()> {
@@ -332,7 +339,7 @@ async fn measure_recovery(
     let (stop, stopped) = watch::channel(false);
     let mut ingest = tokio::spawn(ingest_at_rate(
         client.clone(),
-        server.base.clone(),
+        server.base().to_string(),
         rate,
         format!("bench-{run_id}-kill-"),
         stopped,
@@ -344,7 +351,7 @@ async fn measure_recovery(
             (&mut ingest).await??;
             bail!("ingest stopped before the server was killed");
         }
-        let status = pipeline_status(client, &server.base).await?;
+        let status = pipeline_status(client, server.base()).await?;
         let checkpoints: Option<Vec<i64>> = status
             .partitions
             .iter()
@@ -374,7 +381,7 @@ async fn measure_recovery(
     }
     stop.send_replace(true);
     let ingested = ingest.await??;
-    let before_kill = pipeline_status(client, &server.base).await?;
+    let before_kill = pipeline_status(client, server.base()).await?;
     let since_checkpoint_ms = now_ms() - oldest_checkpoint_ms;
     server.kill()?;
 
@@ -415,151 +422,12 @@ async fn measure_recovery(
     Ok(())
 }
 
-/// A `riffle serve` child process. Dropping it stops the server gracefully
-/// (SIGTERM, then SIGKILL after a grace period); the kernel also SIGKILLs it
-/// if this process dies first, so no server outlives the benchmark.
-struct Server {
-    bin: PathBuf,
-    /// The benchmark directory: the server's working directory (so that no
-    /// stray ./riffle.toml is picked up) and parent of its data directory.
-    dir: PathBuf,
-    child: Option<Child>,
-    base: String,
-}
-
-impl Server {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
-        let mut server = Server {
-            bin: bin.to_path_buf(),
-            dir: dir.to_path_buf(),
-            child: None,
-            base: String::new(),
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    /// Starts the process on fresh ports (a killed server's may still be
-    /// held by connections in TIME_WAIT) and the same data directory.
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        debug_assert!(self.child.is_none(), "server already running");
-        let http_port = free_port()?;
-        let grpc_port = free_port()?;
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("serve")
-            .args(["--datasets-publish-addr", "127.0.0.1:0"])
-            .args(["--datasets-consume-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--grpc-addr")
-            .arg(format!("127.0.0.1:{grpc_port}"))
-            .env(
-                "RIFFLE__ADS__CHECKPOINT_INTERVAL_MS",
-                CHECKPOINT_INTERVAL_MS.to_string(),
-            )
-            .env("RIFFLE_LOG", "warn")
-            .current_dir(&self.dir)
-            .stdout(Stdio::null());
-        // SAFETY: runs in the forked child before exec and only calls
-        // prctl, which is async-signal-safe. The death signal follows the
-        // spawning thread: the thread that drives the benchmark future,
-        // which lives as long as the process.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {} serve", self.bin.display()))?;
-        self.child = Some(child);
-        self.base = format!("http://127.0.0.1:{http_port}");
-        Ok(())
-    }
-
-    /// SIGKILL, as a crash: no shutdown checkpoint, no flush.
-    fn kill(&mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("server is not running")?;
-        child.kill().context("killing riffle serve")?;
-        child.wait()?;
-        Ok(())
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("server is not running");
-        };
-        if let Some(status) = child.try_wait()? {
-            self.child = None;
-            bail!("riffle serve exited: {status}");
-        }
-        Ok(())
-    }
-
-    async fn wait_ready(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let url = format!("{}/readyz", self.base);
-        loop {
-            self.check_alive()?;
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if started.elapsed() > WAIT_TIMEOUT {
-                bail!("riffle serve not ready after {} s", WAIT_TIMEOUT.as_secs());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: plain kill(2) on our own child's pid, which has not been
-        // reaped yet (so cannot have been reused).
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Ok(Some(_)) | Err(_) => return,
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 struct Ingested {
     /// Events acknowledged.
     events: u64,
     /// From the first send to the last acknowledgement.
     elapsed: Duration,
-    acks: Vec<Duration>,
+    acks: Latencies,
     throttled: u64,
 }
 
@@ -593,7 +461,7 @@ async fn ingest_at_rate(
     let mut result = Ingested {
         events: 0,
         elapsed: Duration::ZERO,
-        acks: Vec::new(),
+        acks: Latencies::new(),
         throttled: 0,
     };
     let mut tick = tokio::time::interval(INGEST_TICK);
@@ -644,7 +512,7 @@ struct Sent {
 impl Ingested {
     fn add(&mut self, sent: Sent) {
         self.events += sent.events;
-        self.acks.push(sent.ack);
+        self.acks.record(sent.ack);
         self.throttled += sent.throttled;
     }
 }
@@ -716,7 +584,7 @@ async fn stop_requested(
 }
 
 struct Probed {
-    delays: Vec<Duration>,
+    delays: Latencies,
     timed_out: u64,
 }
 
@@ -739,12 +607,12 @@ async fn run_probes(
         probes.spawn(async move { probe(&client, &base, &ad).await });
     }
     let mut probed = Probed {
-        delays: Vec::new(),
+        delays: Latencies::new(),
         timed_out: 0,
     };
     while let Some(joined) = probes.join_next().await {
         match joined?? {
-            Some(delay) => probed.delays.push(delay),
+            Some(delay) => probed.delays.record(delay),
             None => probed.timed_out += 1,
         }
     }
@@ -839,11 +707,11 @@ async fn pipeline_status(client: &reqwest::Client, base: &str) -> anyhow::Result
 /// Polls until every partition of the ads pipeline is `running` with lag 0.
 async fn wait_caught_up(
     client: &reqwest::Client,
-    server: &Server,
+    server: &ServeChild,
 ) -> anyhow::Result<PipelineStatus> {
     let started = Instant::now();
     loop {
-        let status = pipeline_status(client, &server.base).await?;
+        let status = pipeline_status(client, server.base()).await?;
         let caught_up = !status.partitions.is_empty()
             && status
                 .partitions
@@ -961,19 +829,6 @@ fn seconds_text(seconds: f64) -> String {
         (seconds, "s")
     };
     format!("{} {unit}", (value * 1000.0).round() / 1000.0)
-}
-
-/// Nearest-rank percentile of a sorted slice (zero when empty).
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]
