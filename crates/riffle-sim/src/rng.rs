@@ -1,41 +1,31 @@
-//! A small, fast, portable pseudo-random generator: xoshiro256** seeded by
-//! SplitMix64. Its output for a seed is fixed forever, which is what makes
-//! generated workloads (and their ground-truth files) reproducible.
+//! The simulators' pseudo-random generator: xoshiro256** (`rand_xoshiro`)
+//! seeded by SplitMix64, plus the few draws the generators need. Its output
+//! for a seed is fixed forever, which is what makes generated workloads
+//! (and their ground-truth files) reproducible; the draws below are written
+//! here (not `rand`'s `gen_range`, whose algorithms may change between
+//! versions) for the same reason.
+
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256StarStar;
 
 /// xoshiro256** (Blackman & Vigna). Not cryptographic.
 #[derive(Debug, Clone)]
 pub struct Rng {
-    s: [u64; 4],
+    inner: Xoshiro256StarStar,
 }
 
 impl Rng {
     /// Expands a 64-bit seed into the 256-bit state with SplitMix64, as the
     /// authors recommend (never yields the all-zero state).
     pub fn new(seed: u64) -> Rng {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
         Rng {
-            s: [next(), next(), next(), next()],
+            inner: Xoshiro256StarStar::seed_from_u64(seed),
         }
     }
 
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
+        self.inner.next_u64()
     }
 
     /// Uniform in `[0, 1)` with 53 bits of precision.
