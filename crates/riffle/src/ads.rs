@@ -2,7 +2,6 @@
 //! `/v1/ads/reconcile` and `/v1/ads/recalc` (the server owns the log and the
 //! aggregate store, so the work runs there).
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -73,24 +72,28 @@ pub async fn recalc(client: &Client, from: &str, to: &str, source: &str) -> anyh
         .send_json(client.request(Method::POST, "/v1/ads/recalc").json(&body))
         .await?;
     let id = started["id"].as_u64().unwrap_or_default();
-    let mut stderr = std::io::stderr();
+    // Drawn only when stderr is a terminal (indicatif hides it otherwise).
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "[{bar:20}] {percent:>3}% {pos}/{len} records {elapsed}",
+        )
+        .expect("valid template")
+        .progress_chars("#>-"),
+    );
     loop {
         let status = client.get(&format!("/v1/ads/recalc/{id}")).await?;
-        let read = status["records_read"].as_u64().unwrap_or(0);
-        let total = status["records_total"].as_u64().unwrap_or(0).max(1);
-        let percent = (read.min(total) * 100 / total) as usize;
-        let bar = "#".repeat(percent / 5) + &" ".repeat(20 - percent / 5);
-        let _ = write!(stderr, "\r[{bar}] {percent:3}% {read}/{total} records");
-        let _ = stderr.flush();
+        let total = status["records_total"].as_u64().unwrap_or(0);
+        bar.set_length(total);
+        bar.set_position(status["records_read"].as_u64().unwrap_or(0).min(total));
         match status["state"].as_str() {
             Some("running") => tokio::time::sleep(Duration::from_millis(200)).await,
             Some("done") => {
-                let _ = writeln!(stderr);
+                bar.finish();
                 println!("{}", serde_json::to_string(&status)?);
                 return Ok(());
             }
             _ => {
-                let _ = writeln!(stderr);
+                bar.abandon();
                 bail!(
                     "recalculation failed: {}",
                     status["error"].as_str().unwrap_or("unknown error")
