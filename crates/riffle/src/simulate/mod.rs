@@ -4,6 +4,11 @@
 //! `riffle_sim::ads`) as NDJSON to a file or stdout, or POSTs it in batches to
 //! a running server, optionally paced to the wall clock, and can write the
 //! ground-truth file a pipeline's output is checked against.
+//!
+//! `riffle simulate live` (in [`live`]) does the same for a simulated
+//! live-streaming platform (`riffle_sim::live`).
+
+mod live;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +33,11 @@ pub enum SimulateCommand {
     /// optionally the exact expected per-(ad, minute) counts (--truth).
     #[command(after_long_help = ADS_AFTER_HELP)]
     Ads(Box<AdsArgs>),
+    /// Generate a live-streaming platform's events: streamers going live and offline (heartbeats;
+    /// some streams vanish without stream_ended), users with hidden tastes who browse, watch, chat,
+    /// gift, follow and come back to streamers they watched; optionally the hidden truth (--truth).
+    #[command(after_long_help = live::AFTER_HELP)]
+    Live(Box<live::LiveArgs>),
 }
 
 const ADS_AFTER_HELP: &str = "\
@@ -161,6 +171,7 @@ fn parse_start(s: &str) -> Result<i64, String> {
 pub async fn run(command: SimulateCommand) -> anyhow::Result<()> {
     match command {
         SimulateCommand::Ads(args) => ads(*args).await,
+        SimulateCommand::Live(args) => live::run(*args).await,
     }
 }
 
@@ -253,6 +264,42 @@ enum Sink {
 }
 
 impl Sink {
+    /// `--server` (POST batches) or `--out` (a file, `-` = stdout), else
+    /// stdout.
+    fn open(
+        server: Option<&str>,
+        out: Option<&std::path::Path>,
+        token: Option<String>,
+        data_dir: &std::path::Path,
+        ca_cert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Sink> {
+        Ok(match (server, out) {
+            (Some(server), _) => {
+                let token = resolve_token(token, data_dir, server);
+                Sink::Server {
+                    client: Client::new(server, token, ca_cert)?,
+                    accepted: 0,
+                    rejected: 0,
+                }
+            }
+            (None, Some(path)) if path.as_os_str() != "-" => Sink::Write {
+                out: Box::new(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    std::fs::File::create(path)
+                        .with_context(|| format!("--out: cannot create {}", path.display()))?,
+                )),
+                name: path.display().to_string(),
+            },
+            _ => Sink::Write {
+                out: Box::new(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    std::io::stdout(),
+                )),
+                name: "stdout".to_string(),
+            },
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             Sink::Write { name, .. } => name.clone(),
@@ -290,6 +337,19 @@ impl Sink {
         buf.clear();
         Ok(())
     }
+}
+
+/// A flag that turns true on Ctrl-C, so a generator stops cleanly (the
+/// output and truth then cover what was emitted).
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    stop
 }
 
 /// POSTs one NDJSON batch to /v1/events. 429 and 503 are retried after
@@ -340,41 +400,15 @@ async fn ads(args: AdsArgs) -> anyhow::Result<()> {
         AdsGenerator::new(config).map_err(|e| anyhow!("invalid ads config: {e}"))?;
     generator.track_truth(args.truth.is_some());
 
-    let mut sink = match (&args.server, &args.out) {
-        (Some(server), _) => {
-            let token = resolve_token(args.token.clone(), &args.data_dir, server);
-            Sink::Server {
-                client: Client::new(server, token, args.ca_cert.as_deref())?,
-                accepted: 0,
-                rejected: 0,
-            }
-        }
-        (None, Some(path)) if path.as_os_str() != "-" => Sink::Write {
-            out: Box::new(std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(path)
-                    .with_context(|| format!("--out: cannot create {}", path.display()))?,
-            )),
-            name: path.display().to_string(),
-        },
-        _ => Sink::Write {
-            out: Box::new(std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::io::stdout(),
-            )),
-            name: "stdout".to_string(),
-        },
-    };
+    let mut sink = Sink::open(
+        args.server.as_deref(),
+        args.out.as_deref(),
+        args.token.clone(),
+        &args.data_dir,
+        args.ca_cert.as_deref(),
+    )?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
-            }
-        });
-    }
+    let stop = stop_on_ctrl_c();
 
     let started = Instant::now();
     let batch = args.batch;
