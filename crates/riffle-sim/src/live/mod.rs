@@ -887,8 +887,10 @@ fn build_model(config: &LiveConfig, rng: &mut Rng) -> UserModel {
                 outside: (1.5 + normal(rng)) as f32,
                 peak_hour: ((18.0 + 3.0 * normal(rng)).rem_euclid(24.0)) as u8,
                 sessions_per_day: heavy(rng, config.sessions_per_day).min(48.0) as f32,
-                chattiness: if rng.next_f64() < 0.3 {
-                    (0.5 * heavy(rng, 1.0)) as f32
+                // Most viewers lurk; one in seven chats, about one message
+                // every three minutes on average (heavy-tailed).
+                chattiness: if rng.next_f64() < 0.15 {
+                    (0.3 * heavy(rng, 1.0)) as f32
                 } else {
                     0.0
                 },
