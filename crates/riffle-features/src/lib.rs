@@ -1,0 +1,17 @@
+//! Live-stream features (docs/adr/0004-live-stream-features.md).
+//!
+//! Built so far: the online store every feature read goes through —
+//! [`OnlineStore`], a trait shaped for a networked store (one value per
+//! entity holding all its features, batch reads and writes in one round
+//! trip, TTL, monotonic versions so replays are harmless), the sharded
+//! in-memory backend [`MemoryOnlineStore`], and the conformance suite every
+//! backend passes (feature `testsuite`). The feature definitions, the
+//! operator that computes them online and offline, and their API come next.
+
+#[cfg(feature = "testsuite")]
+pub mod conformance;
+mod memory;
+mod store;
+
+pub use memory::MemoryOnlineStore;
+pub use store::{EntityKind, EntityRow, OnlineStore, StoreError, MAX_BATCH};
