@@ -329,6 +329,53 @@ pub fn parse_time_arg(s: &str) -> Result<i64, TimeError> {
     })
 }
 
+/// Parses a duration given by a person: an integer and a unit, `500ms`,
+/// `90s`, `5m`, `2h` or `7d`, into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64, crate::InvalidValue> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if factor > 0 => n
+            .checked_mul(factor)
+            .ok_or_else(|| crate::InvalidValue::new(format!("{s:?} is too long"))),
+        _ => Err(crate::InvalidValue::new(format!(
+            "{s:?} is not a duration like 500ms, 60s, 5m, 1h or 7d"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_errors_name_the_value() {
+        assert_eq!(parse_duration_ms("500ms").unwrap(), 500);
+        assert_eq!(parse_duration_ms("60s").unwrap(), 60_000);
+        assert_eq!(parse_duration_ms("5m").unwrap(), 300_000);
+        assert_eq!(parse_duration_ms("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_duration_ms("7d").unwrap(), 604_800_000);
+        for bad in ["", "60", "s", "1.5s", "-1s", "10w"] {
+            assert_eq!(
+                parse_duration_ms(bad).unwrap_err().message(),
+                format!("{bad:?} is not a duration like 500ms, 60s, 5m, 1h or 7d")
+            );
+        }
+        assert!(parse_duration_ms("99999999999999999d")
+            .unwrap_err()
+            .message()
+            .contains("too long"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,7 +225,7 @@ fn stdout_output_and_bad_options() {
         ),
         (
             vec!["--duration", "10"],
-            "\"10\" is not a duration like 500ms, 60s, 5m or 1h",
+            "\"10\" is not a duration like 500ms, 60s, 5m, 1h or 7d",
         ),
         (
             vec!["--count", "1", "--duration", "1s"],
