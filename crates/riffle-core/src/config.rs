@@ -272,6 +272,15 @@ pub mod toml_value {
     pub use figment::value::Value;
 }
 
+/// Parses a standalone TOML document (a file other than the server's
+/// configuration, e.g. feature definitions) into `T`; the error names the
+/// key, the problem and `origin` (the file).
+pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::new(format!("{origin}: {e}")))
+}
+
 impl ConfigSources {
     /// Layers the sources over `defaults` (the built-in TOML documents of
     /// every section of `T`, merged in order) and deserializes `T`. Unknown

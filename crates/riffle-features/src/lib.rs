@@ -5,13 +5,17 @@
 //! entity holding all its features, batch reads and writes in one round
 //! trip, TTL, monotonic versions so replays are harmless), the sharded
 //! in-memory backend [`MemoryOnlineStore`], and the conformance suite every
-//! backend passes (feature `testsuite`). The feature definitions, the
-//! operator that computes them online and offline, and their API come next.
+//! backend passes (feature `testsuite`); the feature definitions
+//! ([`FeatureSet`]: `features.toml`, checked as a whole, and the built-in
+//! set of 50 features). The operator that computes them online and offline,
+//! and their API, come next.
 
 #[cfg(feature = "testsuite")]
 pub mod conformance;
+pub mod definition;
 mod memory;
 mod store;
 
+pub use definition::{Aggregation, Entity, Feature, FeatureSet, Window, DEFAULT_FEATURES};
 pub use memory::MemoryOnlineStore;
 pub use store::{EntityKind, EntityRow, OnlineStore, StoreError, MAX_BATCH};
