@@ -13,9 +13,13 @@
 #[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod definition;
+pub mod engine;
 mod memory;
 mod store;
+mod value;
 
 pub use definition::{Aggregation, Entity, Feature, FeatureSet, Window, DEFAULT_FEATURES};
+pub use engine::{Enricher, Fact, FeatureEngine, States};
 pub use memory::MemoryOnlineStore;
 pub use store::{EntityKind, EntityRow, OnlineStore, StoreError, MAX_BATCH};
+pub use value::Value;
