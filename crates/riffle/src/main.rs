@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod commands;
 mod datasets;
+mod features;
 mod simulate;
 
 use std::path::PathBuf;
@@ -181,7 +182,12 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Generate workloads (ad click traffic with faults, and its ground truth) to a file or a server.
+    /// Live-stream feature definitions: list or check a features.toml (docs/features.md).
+    Features {
+        #[command(subcommand)]
+        command: features::FeaturesCommand,
+    },
+    /// Generate workloads (ad clicks with faults, a live-streaming platform) and their ground truth, to a file or a server.
     Simulate {
         #[command(subcommand)]
         command: simulate::SimulateCommand,
@@ -489,6 +495,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(LogFormat::Text, "warn");
             ads::recalc(&client.client()?, &from, &to, &source).await
         }
+        Command::Features { command } => features::run(command),
         Command::Simulate { command } => simulate::run(command).await,
         Command::Bench { command } => {
             init_tracing(LogFormat::Text, "warn");
