@@ -44,15 +44,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks every section; the first problem is returned (sections in the
+    /// order they were always checked: log, ingest, bus, ads, datasets,
+    /// server).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.server.validate()?;
-        self.bus.validate()?;
         self.log.validate()?;
         self.ingest.validate()?;
-        self.auth.validate()?;
-        self.telemetry.validate()?;
+        self.bus.validate()?;
         self.ads.validate()?;
-        self.datasets.validate()
+        self.datasets.validate()?;
+        self.server.validate()?;
+        self.auth.validate()?;
+        self.telemetry.validate()
     }
 
     pub fn admin_token_path(&self) -> std::path::PathBuf {

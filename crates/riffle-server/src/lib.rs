@@ -391,7 +391,7 @@ pub async fn serve(
         grpc_task,
         datasets_threads,
         datasets_tasks,
-        services_tx.borrow().clone(),
+        &services_tx,
     )
     .await?;
     info!("shutdown complete");
@@ -519,7 +519,7 @@ async fn shut_down(
     grpc_task: JoinHandle<anyhow::Result<()>>,
     datasets_threads: DatasetThreads,
     datasets_tasks: Vec<JoinHandle<()>>,
-    services: Option<Arc<Services>>,
+    services: &watch::Sender<Option<Arc<Services>>>,
 ) -> anyhow::Result<()> {
     info!("shutting down: draining connections");
     let http_result = http_task.await.context("http task")?;
@@ -550,6 +550,8 @@ async fn shut_down(
     for task in datasets_tasks {
         let _ = task.await;
     }
+    // Read only now: recovery may have finished while connections drained.
+    let services = services.borrow().clone();
     if let Some(services) = services {
         if let Some(ads) = &services.ads {
             // Tasks saw the stop signal: they emit, checkpoint and return.
