@@ -525,6 +525,7 @@ impl LiveGenerator {
                 .expect("live")
                 .viewers,
         );
+        let viewer_count = viewers.len();
         for user in viewers {
             self.watching[user as usize] = None;
             self.emit(at, LiveBody::ViewerLeft { stream, user });
@@ -533,7 +534,9 @@ impl LiveGenerator {
         let live = self.live[stream.streamer as usize].take().expect("live");
         let category = self.model.streamers[stream.streamer as usize].category;
         self.live_set.remove(stream.streamer, category);
-        self.audience.add(stream.streamer as usize, -1);
+        // The stream's weight: 1 plus one per viewer it had.
+        self.audience
+            .add(stream.streamer as usize, -(1 + viewer_count as i64));
         if live.vanishes {
             self.stats.streams_vanished += 1;
         } else {
@@ -986,9 +989,9 @@ mod tests {
         assert!(!ended.is_empty());
     }
 
-    #[test]
-    fn users_come_back_to_streamers_they_watched() {
-        // Four days of a small platform: comebacks need days to show.
+    /// The share of joins that return to a streamer the user watched
+    /// before, over four days of a small platform (comebacks need days).
+    fn repeat_share(repeat_weight: Option<f32>) -> f64 {
         let mut generator = LiveGenerator::new(LiveConfig {
             users: 1_000,
             streamers: 150,
@@ -998,8 +1001,12 @@ mod tests {
             ..LiveConfig::default()
         })
         .unwrap();
-        let mut joins = 0u64;
-        let mut repeats = 0u64;
+        if let Some(weight) = repeat_weight {
+            for user in &mut generator.model.users {
+                user.repeat_weight = weight;
+            }
+        }
+        let (mut joins, mut repeats) = (0u64, 0u64);
         let mut seen = HashSet::new();
         while let Some(event) = generator.next_event() {
             if let LiveBody::ViewerJoined { stream, user } = event.body {
@@ -1009,10 +1016,20 @@ mod tests {
                 }
             }
         }
-        // Repeat consumption dominates on real platforms: most joins
-        // return to a streamer the user watched before.
-        let share = repeats as f64 / joins as f64;
-        assert!(share > 0.5, "repeat share {share:.3} of {joins} joins");
+        repeats as f64 / joins as f64
+    }
+
+    #[test]
+    fn users_come_back_to_streamers_they_watched() {
+        // Repeat consumption is a large share of joins, and it comes from
+        // the users' memory: without it, far fewer joins are comebacks.
+        let with = repeat_share(None);
+        let without = repeat_share(Some(0.0));
+        assert!(with > 0.4, "repeat share {with:.3}");
+        assert!(
+            with > without + 0.05,
+            "with {with:.3}, without {without:.3}"
+        );
     }
 
     #[test]
