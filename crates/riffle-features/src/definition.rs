@@ -10,7 +10,10 @@
 //! events = ["chat_message"]
 //! aggregation = "rate_per_min"
 //! window = "5m"                     # "lifetime" (default) or a duration, a multiple of the tile
-//! ttl = "1h"                        # the row expires this long after its last event
+//!
+//! [[ttl]]                           # a row expires this long after its entity's last event
+//! entity = "stream"
+//! ttl = "1h"
 //! ```
 //!
 //! The built-in set is [`DEFAULT_FEATURES`] (`default_features.toml`);
@@ -100,6 +103,32 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
+    /// The name used in `features.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Count => "count",
+            Aggregation::RatePerMin => "rate_per_min",
+            Aggregation::Ratio => "ratio",
+            Aggregation::Sum => "sum",
+            Aggregation::Avg => "avg",
+            Aggregation::Min => "min",
+            Aggregation::Max => "max",
+            Aggregation::DistinctCount => "distinct_count",
+            Aggregation::Last => "last",
+            Aggregation::TimeSinceLast => "time_since_last",
+            Aggregation::Age => "age",
+            Aggregation::OpenSessions => "open_sessions",
+            Aggregation::OpenSessionsGrowth => "open_sessions_growth",
+            Aggregation::SessionDurationAvg => "session_duration_avg",
+            Aggregation::SessionDurationSum => "session_duration_sum",
+            Aggregation::TopK => "top_k",
+            Aggregation::RecentK => "recent_k",
+            Aggregation::Live => "live",
+            Aggregation::HourOfDay => "hour_of_day",
+            Aggregation::DayOfWeek => "day_of_week",
+        }
+    }
+
     fn needs_field(self) -> bool {
         matches!(
             self,
@@ -419,7 +448,14 @@ fn check_feature(entry: FeatureEntry, default_tile: i64) -> Result<Feature, Stri
         (Aggregation::Ratio, true) => {
             return Err("per: ratio needs the denominator's events".into())
         }
-        (Aggregation::Ratio, false) | (_, true) => {}
+        (Aggregation::Ratio, false) => {
+            if let Some(both) = entry.per.iter().find(|e| entry.events.contains(e)) {
+                return Err(format!(
+                    "per: {both:?} is also in events; numerator and denominator must differ"
+                ));
+            }
+        }
+        (_, true) => {}
         (_, false) => return Err("per: only ratio takes per".into()),
     }
     if let Some(kind) = kind {
@@ -627,6 +663,10 @@ mod tests {
             (
                 "name = \"x\"\nentity = \"stream\"\nevents = [\"chat_message\"]\naggregation = \"count\"\ncolour = \"red\"",
                 "colour",
+            ),
+            (
+                "name = \"x\"\nentity = \"streamer\"\nevents = [\"stream_started\", \"viewer_joined\"]\nper = [\"stream_started\"]\naggregation = \"ratio\"",
+                "per: \"stream_started\" is also in events",
             ),
         ] {
             let error = one(feature).unwrap_err().to_string();

@@ -129,7 +129,7 @@ pub struct Derived {
 }
 
 /// Facts of a stream whose `stream_started` has not arrived, per stream, at
-/// most this many (older ones beyond it are counted and dropped).
+/// most this many (later arrivals beyond it are counted and dropped).
 pub const MAX_PENDING_PER_STREAM: usize = 100_000;
 
 /// Dedup and stream metadata at a stream's home.
@@ -392,7 +392,9 @@ enum State {
     Min(Tiled<Option<i64>>),
     Max(Tiled<Option<i64>>),
     DistinctLifetime(HashSet<u64>),
-    DistinctWindow(HashMap<Arc<str>, i64>, Tiled<()>),
+    /// Each value's newest time, the window's tiles (for its position) and
+    /// the floor values were last evicted below.
+    DistinctWindow(HashMap<Arc<str>, i64>, Tiled<()>, i64),
     TopK(Tiled<HashMap<Arc<str>, i64>>),
     RecentK(HashMap<Arc<str>, (i64, u64)>),
     Last(Option<((i64, u64), Arc<str>)>),
@@ -429,7 +431,9 @@ impl State {
             Aggregation::Max => State::Max(Tiled::new(window)),
             Aggregation::DistinctCount => match window {
                 Window::Lifetime => State::DistinctLifetime(HashSet::new()),
-                Window::Sliding { .. } => State::DistinctWindow(HashMap::new(), Tiled::new(window)),
+                Window::Sliding { .. } => {
+                    State::DistinctWindow(HashMap::new(), Tiled::new(window), i64::MIN)
+                }
             },
             Aggregation::TopK => State::TopK(Tiled::new(window)),
             Aggregation::RecentK => State::RecentK(HashMap::new()),
@@ -450,6 +454,8 @@ impl State {
 
     fn apply(&mut self, feature: &Feature, entity: EntityKind, fact: &Fact, is_per: bool) {
         let time = fact.time_ms;
+        // Amounts are u64 on the wire; sums saturate rather than wrap.
+        let amount = fact.amount.min(i64::MAX as u64) as i64;
         let value = feature.field.as_deref().and_then(|f| field_of(fact, f));
         match self {
             State::Count(tiles) => {
@@ -468,24 +474,22 @@ impl State {
             }
             State::Sum(tiles) => {
                 if let Some(slot) = tiles.slot(time) {
-                    *slot += fact.amount as i64;
+                    *slot = slot.saturating_add(amount);
                 }
             }
             State::Avg(tiles) => {
                 if let Some(slot) = tiles.slot(time) {
-                    slot.0 += fact.amount as i64;
+                    slot.0 = slot.0.saturating_add(amount);
                     slot.1 += 1;
                 }
             }
             State::Min(tiles) => {
                 if let Some(slot) = tiles.slot(time) {
-                    let amount = fact.amount as i64;
                     *slot = Some(slot.map_or(amount, |m| m.min(amount)));
                 }
             }
             State::Max(tiles) => {
                 if let Some(slot) = tiles.slot(time) {
-                    let amount = fact.amount as i64;
                     *slot = Some(slot.map_or(amount, |m| m.max(amount)));
                 }
             }
@@ -494,17 +498,19 @@ impl State {
                     set.insert(event_hash(value));
                 }
             }
-            State::DistinctWindow(last, tiles) => {
+            State::DistinctWindow(last, tiles, evicted) => {
                 if let Some(value) = value {
                     let seen = last.entry(value.clone()).or_insert(time);
                     *seen = (*seen).max(time);
                     // The tiles only track the window's position, to evict
-                    // values that left every future window.
+                    // values that left every future window — once per tile
+                    // the window moves, not per event.
                     let _ = tiles.slot(time);
                     if let Some((newest, _)) = tiles.slots.back() {
                         let floor = (newest - tiles.span + 1).saturating_mul(tiles.tile_ms);
-                        if last.len() > 64 && last.values().any(|t| *t < floor) {
+                        if floor > *evicted {
                             last.retain(|_, t| *t >= floor);
+                            *evicted = floor;
                         }
                     }
                 }
@@ -578,11 +584,13 @@ impl State {
                     Value::Float(num as f64 / den as f64)
                 }
             }
-            State::Sum(tiles) => Value::Int(tiles.window(at_ms).sum()),
+            State::Sum(tiles) => {
+                Value::Int(tiles.window(at_ms).fold(0i64, |a, b| a.saturating_add(*b)))
+            }
             State::Avg(tiles) => {
                 let (sum, n) = tiles
                     .window(at_ms)
-                    .fold((0, 0), |(s, c), (a, b)| (s + a, c + b));
+                    .fold((0i64, 0), |(s, c), (a, b)| (s.saturating_add(*a), c + b));
                 if n == 0 {
                     Value::Null
                 } else {
@@ -600,7 +608,7 @@ impl State {
                 .max()
                 .map_or(Value::Null, |v| Value::Int(*v)),
             State::DistinctLifetime(set) => Value::Int(set.len() as i64),
-            State::DistinctWindow(last, tiles) => {
+            State::DistinctWindow(last, tiles, _) => {
                 let from = tiles.window_start(at_ms);
                 Value::Int(
                     last.values()
@@ -809,7 +817,9 @@ impl States {
     }
 
     /// `entity`'s feature values as of `at_ms`; `None` for an entity with
-    /// no fact yet.
+    /// no fact yet. Exact when no applied fact is newer than `at_ms` — the
+    /// offline replay reads each instant before applying later facts, and
+    /// online reads are at the newest event time the task has seen.
     pub fn read(
         &self,
         entity: EntityKind,
@@ -835,7 +845,7 @@ impl States {
             .collect()
     }
 
-    /// Entities with state, of one kind.
+    /// Entities with state, of one kind, in no particular order.
     pub fn ids(&self, entity: EntityKind) -> impl Iterator<Item = &Arc<str>> {
         self.entities
             .keys()

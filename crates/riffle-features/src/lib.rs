@@ -7,8 +7,8 @@
 //! in-memory backend [`MemoryOnlineStore`], and the conformance suite every
 //! backend passes (feature `testsuite`); the feature definitions
 //! ([`FeatureSet`]: `features.toml`, checked as a whole, and the built-in
-//! set of 50 features). The operator that computes them online and offline,
-//! and their API, come next.
+//! set of 53 features); the [`engine`] every driver shares. Running the
+//! engine in the stream engine and the export, and the API, come next.
 
 #[cfg(feature = "testsuite")]
 pub mod conformance;

@@ -80,10 +80,12 @@ impl OnlineStore for MemoryOnlineStore {
         for (i, row) in rows.iter().enumerate() {
             check_id(&format!("rows[{i}].id"), &row.id)?;
         }
+        let now = self.clock.now_ms();
         for row in rows {
             let mut shard = self.shard(row.entity, &row.id).write();
             match shard.get_mut(&(row.entity, row.id.as_str().into())) {
-                Some(stored) if stored.version > row.version => {}
+                // An expired row is gone: it blocks nothing.
+                Some(stored) if stored.version > row.version && stored.expires_at_ms > now => {}
                 Some(stored) => *stored = row.clone(),
                 None => {
                     shard.insert((row.entity, row.id.as_str().into()), row.clone());

@@ -66,13 +66,15 @@ pub fn run(command: FeaturesCommand) -> anyhow::Result<()> {
         FeaturesCommand::List { file, json } => {
             let set = load(file.as_ref())?;
             for f in &set.features {
-                let aggregation = format!("{:?}", f.aggregation);
+                let aggregation = f.aggregation.as_str();
                 if json {
                     let line = serde_json::json!({
                         "name": f.name,
                         "entity": f.entity.as_str(),
                         "aggregation": aggregation,
                         "field": f.field,
+                        "k": (f.k > 0).then_some(f.k),
+                        "timeout_ms": (f.timeout_ms > 0).then_some(f.timeout_ms),
                         "window": window(f.window),
                         "events": f.events,
                         "per": f.per,

@@ -13,7 +13,7 @@ fn list_shows_the_built_in_set() {
         .lines()
         .find(|l| l.starts_with("stream_live "))
         .expect("stream_live listed");
-    assert!(live.contains("stream") && live.contains("Live"), "{live}");
+    assert!(live.contains("stream") && live.contains(" live "), "{live}");
     let json = run_cli(&dir, &["features", "list", "--json"], None);
     json.assert_success();
     let lines = json.json_lines();
