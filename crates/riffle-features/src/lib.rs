@@ -7,13 +7,16 @@
 //! in-memory backend [`MemoryOnlineStore`], and the conformance suite every
 //! backend passes (feature `testsuite`); the feature definitions
 //! ([`FeatureSet`]: `features.toml`, checked as a whole, and the built-in
-//! set of 53 features); the [`engine`] every driver shares. Running the
-//! engine in the stream engine and the export, and the API, come next.
+//! set of 53 features); the [`engine`] every driver shares; the
+//! point-in-time example builder of the training export ([`export`]).
+//! Running the engine in the stream engine, the Parquet export command and
+//! the API come next.
 
 #[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod definition;
 pub mod engine;
+pub mod export;
 mod memory;
 mod store;
 mod value;

@@ -595,3 +595,126 @@ fn live_status_matches_the_oracle_for_every_stream_including_vanished_ones() {
     }
     assert!(flips_checked > 0, "no vanished stream was checked offline");
 }
+
+/// Training examples: one per organic join, every feature as of the join
+/// (exactly the events ordered before it), the label looking forward.
+#[test]
+fn exported_examples_are_point_in_time_and_labelled_forward() {
+    use riffle_features::export::{Exporter, LabelSpec};
+
+    let set = FeatureSet::defaults();
+    let history = history(31);
+    let limits = ParseLimits::new(i64::MAX / 2);
+    let mut ordered: Vec<(i64, u64, &String)> = history
+        .arrivals
+        .iter()
+        .map(|text| {
+            let e = parse_event(text.as_bytes(), &limits).unwrap();
+            (
+                e.event_time,
+                event_hash(e.event_id.as_deref().unwrap()),
+                text,
+            )
+        })
+        .collect();
+    ordered.sort();
+    let mut exporter = Exporter::new(&set, LabelSpec::default());
+    assert_eq!(
+        exporter.columns().len(),
+        set.features.len(),
+        "one column per feature"
+    );
+    for (_, _, text) in &ordered {
+        exporter.push(&parse_event(text.as_bytes(), &limits).unwrap());
+    }
+    assert_eq!(exporter.out_of_order, 0);
+    let end = ordered.last().unwrap().0;
+    let (examples, censored) = exporter.finish(end);
+    let joins = history
+        .distinct
+        .iter()
+        .filter(|e| e.kind == "viewer_joined")
+        .count();
+    assert!(examples.len() > 50, "{} examples", examples.len());
+    assert!(examples.len() as u64 + censored <= joins as u64);
+    let positives = examples.iter().filter(|e| e.label).count();
+    assert!(positives > 0 && positives < examples.len(), "{positives}");
+
+    // Labels, brute force: the viewer's next leave of that stream.
+    let mut distinct = history.distinct.clone();
+    distinct.sort_by_key(|e| (e.time, e.id));
+    let mut rng = Rng::new(9);
+    for _ in 0..200 {
+        let example = &examples[rng.below(examples.len() as u64) as usize];
+        let leave = distinct.iter().find(|e| {
+            e.kind == "viewer_left"
+                && e.time >= example.time_ms
+                && e.user.as_deref() == Some(example.user_id.as_str())
+                && e.stream.as_deref() == Some(example.stream_id.as_str())
+        });
+        match leave {
+            Some(leave) => {
+                assert_eq!(example.watch_ms, Some(leave.time - example.time_ms));
+                assert_eq!(example.label, leave.time - example.time_ms >= 60_000);
+            }
+            None => {
+                assert!(example.label && end - example.time_ms >= 60_000);
+            }
+        }
+    }
+
+    // Features: a fresh engine fed exactly the events ordered before the
+    // join, read at the join's time, gives the same values.
+    let picks: Vec<&riffle_features::export::Example> = (0..40)
+        .map(|_| &examples[rng.below(examples.len() as u64) as usize])
+        .collect();
+    for example in picks {
+        let id = event_hash(&example.event_id);
+        let mut engine = FeatureEngine::new(&set);
+        for (time, hash, text) in &ordered {
+            if (*time, *hash) >= (example.time_ms, id) {
+                break;
+            }
+            engine.apply(&parse_event(text.as_bytes(), &limits).unwrap());
+        }
+        let mut expected = Vec::new();
+        let t = example.time_ms;
+        let pair = example
+            .streamer_id
+            .as_deref()
+            .map(|s| pair_id(&example.user_id, s));
+        for (kind, id) in [
+            (EntityKind::Stream, Some(example.stream_id.as_str())),
+            (EntityKind::Streamer, example.streamer_id.as_deref()),
+            (EntityKind::User, Some(example.user_id.as_str())),
+            (EntityKind::UserStreamer, pair.as_deref()),
+        ] {
+            let n = engine.states.names(kind).count();
+            match id.and_then(|id| engine.states.read(kind, id, t)) {
+                Some((_, values)) => expected.extend(values),
+                None => expected.extend(std::iter::repeat_n(Value::Null, n)),
+            }
+        }
+        expected.extend(engine.states.context(t).into_iter().map(|(_, v)| v));
+        assert_eq!(example.features, expected, "example {}", example.event_id);
+        // The join does not count itself.
+        let viewers = exporter_column(&set, "stream_joins_5m");
+        let joins_before = distinct
+            .iter()
+            .filter(|e| {
+                e.kind == "viewer_joined"
+                    && e.stream.as_deref() == Some(example.stream_id.as_str())
+                    && (e.time, e.id) < (t, id)
+                    && e.time >= (t.div_euclid(60_000) - 4) * 60_000
+            })
+            .count() as i64;
+        assert_eq!(example.features[viewers], Value::Int(joins_before));
+    }
+}
+
+/// The index of a feature in the export's columns (stream features first).
+fn exporter_column(set: &FeatureSet, name: &str) -> usize {
+    set.of(Entity::Stored(EntityKind::Stream))
+        .position(|f| f.name == name)
+        .unwrap()
+}
