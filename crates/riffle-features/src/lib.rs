@@ -19,7 +19,7 @@ pub mod engine;
 pub mod export;
 mod memory;
 mod store;
-mod value;
+pub mod value;
 
 pub use definition::{Aggregation, Entity, Feature, FeatureSet, Window, DEFAULT_FEATURES};
 pub use engine::{Enricher, Fact, FeatureEngine, States};
