@@ -750,6 +750,11 @@ pub struct States {
     plans: Vec<EntityPlan>,
     context: Vec<Feature>,
     entities: HashMap<(EntityKind, Arc<str>), EntityState>,
+    /// Entities changed since the last [`States::take_rows`].
+    dirty: HashSet<(EntityKind, Arc<str>)>,
+    /// Per entity kind: the row TTL and the vector's schema fingerprint.
+    ttl_ms: [i64; 4],
+    schemas: [u64; 4],
 }
 
 impl States {
@@ -767,12 +772,78 @@ impl States {
                     .collect();
                 EntityPlan { features, reads }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let ttl_ms = EntityKind::ALL.map(|kind| {
+            set.ttl_ms
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(7 * 86_400_000, |(_, ttl)| *ttl)
+        });
+        let schemas = EntityKind::ALL.map(|kind| {
+            crate::value::schema_fingerprint(
+                plans[kind as usize]
+                    .features
+                    .iter()
+                    .map(|f| (f.name.as_str(), f.aggregation.as_str())),
+            )
+        });
         States {
             plans,
             context: set.of(Entity::Context).cloned().collect(),
             entities: HashMap::new(),
+            dirty: HashSet::new(),
+            ttl_ms,
+            schemas,
         }
+    }
+
+    /// The fingerprint of `entity`'s feature vector (see
+    /// [`crate::value::encode_vector`]).
+    pub fn schema(&self, entity: EntityKind) -> u64 {
+        self.schemas[entity as usize]
+    }
+
+    /// The rows of the entities changed since the last call, their values
+    /// read as of `at_ms` and expiring `ttl` after `now_ms` (wall clock),
+    /// for [`crate::OnlineStore::put_batch`]. Values of sliding windows
+    /// also change as time passes without events: a driver re-emits those
+    /// entities with [`States::touch_all`] when a tile boundary passes.
+    pub fn take_rows(&mut self, at_ms: i64, now_ms: i64) -> Vec<crate::EntityRow> {
+        let mut dirty: Vec<(EntityKind, Arc<str>)> = self.dirty.drain().collect();
+        dirty.sort();
+        let mut rows = Vec::with_capacity(dirty.len());
+        for (kind, id) in dirty {
+            let Some((state, values)) = self.read(kind, &id, at_ms) else {
+                continue;
+            };
+            let mut value = Vec::with_capacity(16 * values.len());
+            crate::value::encode_vector(self.schemas[kind as usize], &values, &mut value);
+            rows.push(crate::EntityRow {
+                entity: kind,
+                id: id.to_string(),
+                version: state.version,
+                as_of_ms: state.as_of_ms,
+                expires_at_ms: now_ms.saturating_add(self.ttl_ms[kind as usize]),
+                value: value.into(),
+            });
+        }
+        rows
+    }
+
+    /// Marks every entity changed (its row is written again by the next
+    /// [`States::take_rows`]).
+    pub fn touch_all(&mut self) {
+        self.dirty.extend(self.entities.keys().cloned());
+    }
+
+    /// A stored row's values by feature name, checked against this feature
+    /// set's schema.
+    pub fn decode_row(
+        &self,
+        row: &crate::EntityRow,
+    ) -> Result<Vec<(&str, Value)>, riffle_core::codec::FormatError> {
+        let values = crate::value::decode_vector(self.schemas[row.entity as usize], &row.value)?;
+        Ok(self.names(row.entity).zip(values).collect())
     }
 
     /// Applies a fact to `entity`'s state (if a feature of it reads the
@@ -796,6 +867,7 @@ impl States {
             });
         state.version += 1;
         state.as_of_ms = state.as_of_ms.max(fact.time_ms);
+        self.dirty.insert((entity, id.clone()));
         for (i, feature) in plan.features.iter().enumerate() {
             let (events, per) = &plan.reads[i];
             if events.contains(&fact.kind) {
