@@ -4,6 +4,7 @@
 
 mod ads;
 mod datasets;
+mod features;
 mod harness;
 #[cfg(feature = "kafka")]
 mod scale;
@@ -130,6 +131,10 @@ pub enum BenchCommand {
     /// publish → N long-polling subscribers all updated (p50/p99/max), consume-path throughput
     /// (wrk if on the PATH), and etcd watch propagation with as many watchers as the peer.
     Datasets(datasets::DatasetsBenchArgs),
+    /// Live-stream features in-process: the engine building state from a simulated history, then
+    /// the ranking path's read — N candidates' stream, streamer and (user, streamer) rows from the
+    /// embedded online store in one batch each, decoded (p50/p99/max).
+    Features(features::FeaturesBenchArgs),
     /// Ad click aggregation over several `riffle serve --roles process` children on Kafka (1, 2,
     /// 3 … processes) and on the embedded log (one process), same workload, same run; then the
     /// rebalance after a SIGKILL: kill → every partition committing again, survivors' rate.
@@ -163,6 +168,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             .await
         }
         BenchCommand::Datasets(args) => datasets::bench_datasets(args).await,
+        BenchCommand::Features(args) => features::bench_features(args).await,
         #[cfg(feature = "kafka")]
         BenchCommand::ScaleOut(args) => scale::bench_scale_out(args).await,
         BenchCommand::AdsServe {
