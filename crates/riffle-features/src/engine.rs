@@ -779,13 +779,20 @@ impl States {
                 .find(|(k, _)| *k == kind)
                 .map_or(7 * 86_400_000, |(_, ttl)| *ttl)
         });
+        // Name, aggregation and window: a feature whose window changed
+        // under the same name is another feature.
         let schemas = EntityKind::ALL.map(|kind| {
-            crate::value::schema_fingerprint(
-                plans[kind as usize]
-                    .features
-                    .iter()
-                    .map(|f| (f.name.as_str(), f.aggregation.as_str())),
-            )
+            let described: Vec<(&str, String)> = plans[kind as usize]
+                .features
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.as_str(),
+                        format!("{}/{:?}", f.aggregation.as_str(), f.window),
+                    )
+                })
+                .collect();
+            crate::value::schema_fingerprint(described.iter().map(|(n, d)| (*n, d.as_str())))
         });
         States {
             plans,
