@@ -261,33 +261,41 @@ fn spawn_dedicated(
         .with_context(|| format!("{name}: cannot start its runtime"))?;
     let thread = std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let handle = axum_server::Handle::new();
-                {
-                    let handle = handle.clone();
-                    let mut stop = stop;
-                    tokio::spawn(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                        handle.graceful_shutdown(Some(grace));
-                    });
-                }
-                let app = router.into_make_service();
-                if let Some(rustls) = tls {
-                    axum_server::from_tcp_rustls(listener, rustls)
-                        .handle(handle)
-                        .serve(app)
-                        .await?;
-                } else {
-                    axum_server::from_tcp(listener)
-                        .handle(handle)
-                        .serve(app)
-                        .await?;
-                }
-                anyhow::Ok(())
-            })
-        })?;
+        .spawn(move || runtime.block_on(serve_router(listener, router, tls, stop, grace)))?;
     Ok(thread)
+}
+
+/// Serves `router` on `listener` (HTTPS with `tls`) until `stop`, then
+/// drains connections for `grace`: the main listener and both dataset
+/// listeners run this.
+async fn serve_router(
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            handle.graceful_shutdown(Some(grace));
+        });
+    }
+    let app = router.into_make_service();
+    if let Some(rustls) = tls {
+        axum_server::from_tcp_rustls(listener, rustls)
+            .handle(handle)
+            .serve(app)
+            .await?;
+    } else {
+        axum_server::from_tcp(listener)
+            .handle(handle)
+            .serve(app)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Runs `riffle serve` until `shutdown` resolves, then drains connections,
@@ -439,33 +447,10 @@ fn spawn_http(
     router: axum::Router,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     config: &Config,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<anyhow::Result<()>> {
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    tokio::spawn(async move {
-        let handle = axum_server::Handle::new();
-        let stopper = {
-            let handle = handle.clone();
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-                handle.graceful_shutdown(Some(grace));
-            }
-        };
-        tokio::spawn(stopper);
-        let app = router.into_make_service();
-        if let Some(rustls) = tls {
-            axum_server::from_tcp_rustls(listener, rustls)
-                .handle(handle)
-                .serve(app)
-                .await?;
-        } else {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(app)
-                .await?;
-        }
-        anyhow::Ok(())
-    })
+    tokio::spawn(serve_router(listener, router, tls, stop, grace))
 }
 
 /// Serves gRPC ingest and datasets on the gRPC listener until the stop
