@@ -11,7 +11,7 @@ use clap::Args;
 use riffle_core::time::{format_rfc3339_ms, Clock, SystemClock};
 use riffle_sim::live::{LiveConfig, LiveGenerator, PRESETS};
 
-use super::{parse_duration, parse_start, stop_on_ctrl_c, Sink};
+use super::{parse_duration, parse_start, stop_on_ctrl_c, Sink, SinkArgs};
 
 pub(super) const AFTER_HELP: &str = "\
 Presets (--preset): small (3,000 users, 400 streamers, 6 h; the default), medium (20,000 users,
@@ -68,27 +68,11 @@ pub struct LiveArgs {
     /// Event id prefix. Default live-<seed>-.
     #[arg(long, value_name = "PREFIX")]
     id_prefix: Option<String>,
-    /// Write the events as NDJSON to this file ('-' = stdout). Default: stdout, unless --server.
-    #[arg(long, value_name = "FILE", conflicts_with = "server")]
-    out: Option<PathBuf>,
-    /// POST the events to this server's /v1/events instead of writing them.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// Bearer token for --server. Default: the admin token in <data-dir>/admin.token, if readable.
-    #[arg(long, env = "RIFFLE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Data directory of a local server, where the admin token is read from.
-    #[arg(long, value_name = "DIR", default_value = "./riffle-data")]
-    data_dir: PathBuf,
-    /// PEM file of the CA that signed an https:// server's certificate.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    sink: SinkArgs,
     /// Write the hidden truth (users' tastes, streamers' traits) to this file.
     #[arg(long, value_name = "FILE")]
     truth: Option<PathBuf>,
-    /// Events per POST (and per write).
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    batch: u64,
     /// Pace to the wall clock: event time follows now (see also --speed).
     #[arg(long)]
     realtime: bool,
@@ -155,17 +139,11 @@ pub(super) async fn run(args: LiveArgs) -> anyhow::Result<()> {
     let (seed, start_ms) = (config.seed, config.start_ms);
     let mut generator = LiveGenerator::new(config)
         .map_err(|e| anyhow!("invalid live config: {e} (presets: {})", PRESETS.join(", ")))?;
-    let mut sink = Sink::open(
-        args.server.as_deref(),
-        args.out.as_deref(),
-        args.token.clone(),
-        &args.data_dir,
-        args.ca_cert.as_deref(),
-    )?;
+    let mut sink = Sink::open(&args.sink)?;
     let stop = stop_on_ctrl_c();
     let started = Instant::now();
     let wall_start = SystemClock.now_ms();
-    let mut buf: Vec<u8> = Vec::with_capacity(args.batch as usize * 160);
+    let mut buf: Vec<u8> = Vec::with_capacity(args.sink.batch as usize * 160);
     let mut in_buf = 0u64;
     let mut last_flush = Instant::now();
     let mut last_time = None;
@@ -194,7 +172,7 @@ pub(super) async fn run(args: LiveArgs) -> anyhow::Result<()> {
         generator.write_json(&event, &mut buf);
         buf.push(b'\n');
         in_buf += 1;
-        if in_buf >= args.batch
+        if in_buf >= args.sink.batch
             || (args.realtime && last_flush.elapsed() >= Duration::from_millis(100))
         {
             sink.flush(&mut buf, in_buf).await?;

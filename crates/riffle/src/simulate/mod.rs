@@ -119,6 +119,19 @@ pub struct AdsArgs {
     /// Event id prefix. Default clk-<seed>-.
     #[arg(long, value_name = "PREFIX")]
     id_prefix: Option<String>,
+    #[command(flatten)]
+    sink: SinkArgs,
+    /// Write the ground truth (expected per-(ad, minute) counts, late-beyond events) to this file.
+    #[arg(long, value_name = "FILE")]
+    truth: Option<PathBuf>,
+    /// Pace to the wall clock: event time follows now, `rate` events per second.
+    #[arg(long)]
+    realtime: bool,
+}
+
+/// Where generated events go; shared by every generator.
+#[derive(Args)]
+pub struct SinkArgs {
     /// Write the events as NDJSON to this file ('-' = stdout). Default: stdout, unless --server.
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     out: Option<PathBuf>,
@@ -134,15 +147,9 @@ pub struct AdsArgs {
     /// PEM file of the CA that signed an https:// server's certificate.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
-    /// Write the ground truth (expected per-(ad, minute) counts, late-beyond events) to this file.
-    #[arg(long, value_name = "FILE")]
-    truth: Option<PathBuf>,
     /// Events per POST (and per write).
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     batch: u64,
-    /// Pace to the wall clock: event time follows now, `rate` events per second.
-    #[arg(long)]
-    realtime: bool,
 }
 
 /// `500ms`, `60s`, `5m`, `1h`, `7d` → milliseconds.
@@ -252,18 +259,13 @@ enum Sink {
 impl Sink {
     /// `--server` (POST batches) or `--out` (a file, `-` = stdout), else
     /// stdout.
-    fn open(
-        server: Option<&str>,
-        out: Option<&std::path::Path>,
-        token: Option<String>,
-        data_dir: &std::path::Path,
-        ca_cert: Option<&std::path::Path>,
-    ) -> anyhow::Result<Sink> {
+    fn open(args: &SinkArgs) -> anyhow::Result<Sink> {
+        let (server, out) = (args.server.as_deref(), args.out.as_deref());
         Ok(match (server, out) {
             (Some(server), _) => {
-                let token = resolve_token(token, data_dir, server);
+                let token = resolve_token(args.token.clone(), &args.data_dir, server);
                 Sink::Server {
-                    client: Client::new(server, token, ca_cert)?,
+                    client: Client::new(server, token, args.ca_cert.as_deref())?,
                     accepted: 0,
                     rejected: 0,
                 }
@@ -386,18 +388,12 @@ async fn ads(args: AdsArgs) -> anyhow::Result<()> {
         AdsGenerator::new(config).map_err(|e| anyhow!("invalid ads config: {e}"))?;
     generator.track_truth(args.truth.is_some());
 
-    let mut sink = Sink::open(
-        args.server.as_deref(),
-        args.out.as_deref(),
-        args.token.clone(),
-        &args.data_dir,
-        args.ca_cert.as_deref(),
-    )?;
+    let mut sink = Sink::open(&args.sink)?;
 
     let stop = stop_on_ctrl_c();
 
     let started = Instant::now();
-    let batch = args.batch;
+    let batch = args.sink.batch;
     let mut buf: Vec<u8> = Vec::with_capacity(batch as usize * 170);
     let mut in_buf = 0u64;
     if args.realtime {
