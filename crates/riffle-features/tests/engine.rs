@@ -394,6 +394,23 @@ fn sample_entities(events: &[Ev], rng: &mut Rng) -> Vec<(EntityKind, String)> {
     out
 }
 
+/// Every emitted event as (event time, id hash, text), in `(time, id)`
+/// order — the offline replay order; with `distinct`, one copy per id.
+fn time_ordered(arrivals: &[String], distinct: bool) -> Vec<(i64, u64, &String)> {
+    let limits = ParseLimits::new(i64::MAX / 2);
+    let mut seen = HashSet::new();
+    let mut ordered: Vec<(i64, u64, &String)> = arrivals
+        .iter()
+        .filter_map(|text| {
+            let event = parse_event(text.as_bytes(), &limits).unwrap();
+            let id = event_hash(event.event_id.as_deref().unwrap());
+            (!distinct || seen.insert(id)).then_some((event.event_time, id, text))
+        })
+        .collect();
+    ordered.sort();
+    ordered
+}
+
 fn check_entity(
     set: &FeatureSet,
     engine: &FeatureEngine,
@@ -447,16 +464,7 @@ fn every_default_feature_matches_the_oracle_offline_at_random_instants() {
     instants.sort();
 
     let limits = ParseLimits::new(i64::MAX / 2);
-    let mut by_time: Vec<(i64, u64, &String)> = Vec::new();
-    let mut seen = HashSet::new();
-    for text in &history.arrivals {
-        let event = parse_event(text.as_bytes(), &limits).unwrap();
-        let id = event_hash(event.event_id.as_deref().unwrap());
-        if seen.insert(id) {
-            by_time.push((event.event_time, id, text));
-        }
-    }
-    by_time.sort();
+    let by_time = time_ordered(&history.arrivals, true);
     let mut engine = FeatureEngine::new(&set);
     let mut next = 0;
     let mut checked = HashMap::new();
@@ -557,16 +565,7 @@ fn live_status_matches_the_oracle_for_every_stream_including_vanished_ones() {
         instants.sort();
         instants.dedup();
 
-        let mut by_time: Vec<(i64, u64, &String)> = Vec::new();
-        let mut seen = HashSet::new();
-        for text in &history.arrivals {
-            let event = parse_event(text.as_bytes(), &limits).unwrap();
-            let id = event_hash(event.event_id.as_deref().unwrap());
-            if seen.insert(id) {
-                by_time.push((event.event_time, id, text));
-            }
-        }
-        by_time.sort();
+        let by_time = time_ordered(&history.arrivals, true);
         let mut engine = FeatureEngine::new(&set);
         let mut next = 0;
         for &t in &instants {
@@ -605,19 +604,7 @@ fn exported_examples_are_point_in_time_and_labelled_forward() {
     let set = FeatureSet::defaults();
     let history = history(31);
     let limits = ParseLimits::new(i64::MAX / 2);
-    let mut ordered: Vec<(i64, u64, &String)> = history
-        .arrivals
-        .iter()
-        .map(|text| {
-            let e = parse_event(text.as_bytes(), &limits).unwrap();
-            (
-                e.event_time,
-                event_hash(e.event_id.as_deref().unwrap()),
-                text,
-            )
-        })
-        .collect();
-    ordered.sort();
+    let ordered = time_ordered(&history.arrivals, false);
     let mut exporter = Exporter::new(&set, LabelSpec::default());
     assert_eq!(
         exporter.columns().len(),
@@ -731,19 +718,7 @@ async fn changed_entities_round_trip_through_the_online_store() {
     let set = FeatureSet::defaults();
     let history = history(41);
     let limits = ParseLimits::new(i64::MAX / 2);
-    let mut ordered: Vec<(i64, u64, &String)> = history
-        .arrivals
-        .iter()
-        .map(|text| {
-            let e = parse_event(text.as_bytes(), &limits).unwrap();
-            (
-                e.event_time,
-                event_hash(e.event_id.as_deref().unwrap()),
-                text,
-            )
-        })
-        .collect();
-    ordered.sort();
+    let ordered = time_ordered(&history.arrivals, false);
     let half = ordered.len() / 2;
     let clock = ManualClock::new(1_800_000_000_000);
     let store = MemoryOnlineStore::new(Arc::new(clock.clone()));
