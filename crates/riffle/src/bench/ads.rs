@@ -25,9 +25,7 @@ use riffle_ads::{AdClickOperator, AdsSpec};
 use riffle_core::config::{LogConfig, Section};
 use riffle_core::event::{parse_event, ParseLimits};
 use riffle_core::time::{Clock, SystemClock};
-use riffle_log::{
-    partition_for_key, Admin, EmbeddedLog, EventBus, LogOptions, Producer, RecordBatch, TopicConfig,
-};
+use riffle_log::{Admin, EmbeddedLog, EventBus, LogOptions, Producer, RecordBatch, TopicConfig};
 use riffle_sim::ads::{AdsConfig as SimConfig, AdsGenerator};
 use riffle_stream::{
     run_task, CheckpointStore, FsCheckpointStore, RepartitionConfig, TaskConfig, TaskStatus,
@@ -102,13 +100,7 @@ async fn prefill(
         generator.write_json(&click, &mut json);
         let event = parse_event(&json, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
         let key = event.partition_key().as_bytes();
-        let mut partition = partition_for_key(key, args.partitions);
-        // Spread evenly: the first `mispartitioned` of every 100 clicks go
-        // to another partition, cycling through the others.
-        if args.partitions > 1 && (n % 100) < u64::from(mispartitioned) {
-            let shift = 1 + (n / 100) % u64::from(args.partitions - 1);
-            partition = ((u64::from(partition) + shift) % u64::from(args.partitions)) as u32;
-        }
+        let partition = super::harness::producer_partition(key, args.partitions, n, mispartitioned);
         let batch = &mut batches[partition as usize];
         batch.push_encoded(Some(key), event.event_time, |out| event.encode(out));
         if batch.len() >= 10_000 {

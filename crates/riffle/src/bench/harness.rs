@@ -346,3 +346,17 @@ pub(crate) fn total_memory_gib() -> Option<f64> {
         })
         .map(|kb| kb / (1024.0 * 1024.0))
 }
+
+/// The partition a simulated producer writes the `n`-th click to: its key's
+/// murmur2 partition, except the first `mispartitioned` of every 100 clicks,
+/// which go to another partition, cycling through the others (a producer
+/// that does not partition by murmur2, spread evenly).
+pub(crate) fn producer_partition(key: &[u8], partitions: u32, n: u64, mispartitioned: u32) -> u32 {
+    let partition = riffle_log::partition_for_key(key, partitions);
+    if partitions > 1 && (n % 100) < u64::from(mispartitioned) {
+        let shift = 1 + (n / 100) % u64::from(partitions - 1);
+        ((u64::from(partition) + shift) % u64::from(partitions)) as u32
+    } else {
+        partition
+    }
+}

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use riffle_core::event::{parse_event, ParseLimits};
 use riffle_log::kafka::{KafkaBus, KafkaOptions};
-use riffle_log::{partition_for_key, EmbeddedLog, EventBus, LogOptions, RecordBatch, TopicConfig};
+use riffle_log::{EmbeddedLog, EventBus, LogOptions, RecordBatch, TopicConfig};
 use riffle_sim::ads::{AdsConfig as SimConfig, AdsGenerator};
 
 use super::harness::{ServeChild, ServeOptions};
@@ -116,13 +116,7 @@ fn generate(args: &ScaleOutArgs, mispartitioned: u32) -> anyhow::Result<Vec<(u32
         generator.write_json(&click, &mut json);
         let event = parse_event(&json, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
         let key = event.partition_key().as_bytes();
-        let mut partition = partition_for_key(key, args.partitions);
-        // The first `mispartitioned` of every 100 clicks go elsewhere,
-        // cycling through the other partitions.
-        if args.partitions > 1 && (n % 100) < u64::from(mispartitioned) {
-            let shift = 1 + (n / 100) % u64::from(args.partitions - 1);
-            partition = ((u64::from(partition) + shift) % u64::from(args.partitions)) as u32;
-        }
+        let partition = super::harness::producer_partition(key, args.partitions, n, mispartitioned);
         let batch = &mut open[partition as usize];
         batch.push_encoded(Some(key), event.event_time, |out| event.encode(out));
         if batch.len() >= 2_000 {
