@@ -67,6 +67,31 @@ impl DatasetsGrpc {
         })
     }
 
+    /// Every call's prologue: the service (in a publish process for
+    /// [`Permission::Publish`]), the caller's token checked for
+    /// `permission` on the topic `topic_of` names, then the request body
+    /// and the actor for the audit trail.
+    async fn admit<T>(
+        &self,
+        request: Request<T>,
+        topic_of: fn(&T) -> &str,
+        permission: Permission,
+    ) -> Result<(Arc<DatasetsState>, T, String), Status> {
+        let state = if permission == Permission::Publish {
+            self.get_for_publish()?
+        } else {
+            self.get()?
+        };
+        let actor = authorize(
+            &state,
+            request.metadata().as_ref(),
+            topic_of(request.get_ref()),
+            permission,
+        )
+        .await?;
+        Ok((state, request.into_inner(), actor))
+    }
+
     /// The state, for a mutating call.
     fn get_for_publish(&self) -> Result<Arc<DatasetsState>, Status> {
         let state = self.get()?;
@@ -223,15 +248,9 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<proto::Topic>, Status> {
-        let state = self.get_for_publish()?;
-        let actor = authorize(
-            &state,
-            request.metadata().as_ref(),
-            &request.get_ref().name,
-            Permission::Publish,
-        )
-        .await?;
-        let request = request.into_inner();
+        let (state, request, actor) = self
+            .admit(request, |r| r.name.as_str(), Permission::Publish)
+            .await?;
         let topic = state
             .service
             .create_topic(
@@ -319,15 +338,9 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<LatestRequest>,
     ) -> Result<Response<LatestResponse>, Status> {
-        let state = self.get()?;
-        authorize(
-            &state,
-            request.metadata().as_ref(),
-            &request.get_ref().topic,
-            Permission::Consume,
-        )
-        .await?;
-        let request = request.into_inner();
+        let (state, request, _actor) = self
+            .admit(request, |r| r.topic.as_str(), Permission::Consume)
+            .await?;
         let labels = Labels::parse_field(&request.labels, "labels").map_err(status)?;
         let answer = match &request.at {
             Some(at) => {
@@ -365,15 +378,9 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<GetVersionRequest>,
     ) -> Result<Response<VersionInfo>, Status> {
-        let state = self.get()?;
-        authorize(
-            &state,
-            request.metadata().as_ref(),
-            &request.get_ref().topic,
-            Permission::Consume,
-        )
-        .await?;
-        let request = request.into_inner();
+        let (state, request, _actor) = self
+            .admit(request, |r| r.topic.as_str(), Permission::Consume)
+            .await?;
         let number = check_version_number(request.version)?;
         let version = state
             .service
@@ -389,15 +396,9 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<GetDataRequest>,
     ) -> Result<Response<Self::GetDataStream>, Status> {
-        let state = self.get()?;
-        authorize(
-            &state,
-            request.metadata().as_ref(),
-            &request.get_ref().topic,
-            Permission::Consume,
-        )
-        .await?;
-        let request = request.into_inner();
+        let (state, request, _actor) = self
+            .admit(request, |r| r.topic.as_str(), Permission::Consume)
+            .await?;
         let number = check_version_number(request.version)?;
         let meta = state
             .service
@@ -432,15 +433,9 @@ impl Datasets for DatasetsGrpc {
     }
 
     async fn pin(&self, request: Request<PinRequest>) -> Result<Response<PinInfo>, Status> {
-        let state = self.get_for_publish()?;
-        let actor = authorize(
-            &state,
-            request.metadata().as_ref(),
-            &request.get_ref().topic,
-            Permission::Publish,
-        )
-        .await?;
-        let request = request.into_inner();
+        let (state, request, actor) = self
+            .admit(request, |r| r.topic.as_str(), Permission::Publish)
+            .await?;
         let scope = request
             .scope
             .as_deref()
@@ -459,15 +454,9 @@ impl Datasets for DatasetsGrpc {
         &self,
         request: Request<UnpinRequest>,
     ) -> Result<Response<UnpinResponse>, Status> {
-        let state = self.get_for_publish()?;
-        let actor = authorize(
-            &state,
-            request.metadata().as_ref(),
-            &request.get_ref().topic,
-            Permission::Publish,
-        )
-        .await?;
-        let request = request.into_inner();
+        let (state, request, actor) = self
+            .admit(request, |r| r.topic.as_str(), Permission::Publish)
+            .await?;
         let scope = request
             .scope
             .as_deref()
