@@ -154,6 +154,32 @@ async fn run_straight(
     (RunResult { store, late }, own_setup)
 }
 
+/// Polls `GET /v1/pipelines` until every task has written a checkpoint
+/// since it started (its last checkpoint is not the one it restored from).
+async fn wait_fresh_checkpoints(server: &Server) {
+    let until = Instant::now() + CATCH_UP_DEADLINE;
+    loop {
+        let (status, body) = server.get_json("/v1/pipelines").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let partitions = body["pipelines"][0]["partitions"].as_array().cloned();
+        let fresh = partitions.is_some_and(|ps| {
+            !ps.is_empty()
+                && ps.iter().all(|p| {
+                    let id = &p["last_checkpoint"]["id"];
+                    !id.is_null() && *id != p["restored_from"]
+                })
+        });
+        if fresh {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "no fresh checkpoint of every task: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Ingests the chunks while the server is killed with SIGKILL at random
 /// moments (seeded) and restarted on the same data dir, `min_rounds` times
 /// or more; chunks that were not acknowledged are sent again. Returns the
@@ -238,6 +264,13 @@ async fn run_with_kills(
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         } else {
+            if rounds_after_ingest % 2 == 0 {
+                // Every other round after ingestion lets each task write a
+                // checkpoint of its own before the kill, so the next start
+                // restores from one however slow the machine is (random
+                // kills alone may all land before the first checkpoint).
+                wait_fresh_checkpoints(&server).await;
+            }
             rounds_after_ingest += 1;
         }
         let jitter = rng.below(if ingesting { 30 } else { 200 });
