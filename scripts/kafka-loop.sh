@@ -18,7 +18,11 @@ esac
 
 eval "$(bash scripts/kafka-tools.sh)"
 
-binary=$(cargo test -p riffle --test kafka --locked --no-run --message-format=json 2>/dev/null \
+# Built with --workspace, as scripts/test.sh builds it: `-p riffle` would
+# resolve features for one package only and compile every dependency a
+# second time (twice the time and the disk on a fresh CI machine). Cargo's
+# own errors stay on stderr so a failed build says why.
+binary=$(cargo test --workspace --test kafka --locked --no-run --message-format=json \
   | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -31,7 +35,7 @@ for line in sys.stdin:
         print(msg["executable"])
 ')
 if [ -z "$binary" ]; then
-  echo "error: could not build the kafka test binary (run: cargo test -p riffle --test kafka --no-run)" >&2
+  echo "error: could not build the kafka test binary (run: cargo test --workspace --test kafka --no-run)" >&2
   exit 1
 fi
 
